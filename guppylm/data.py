@@ -1,0 +1,283 @@
+"""The data composer: a persona file in, tens of thousands of conversations out.
+
+Three ideas keep the data varied and the evaluation honest:
+1. User prompts are *composed*: a topic's phrasing template, plus at random the
+   character's name, an opener, dropped or doubled punctuation, capitals, shouting and a
+   typo. So the model meets many ways of saying the same thing.
+2. About a fifth of conversations run 2-4 turns: follow-ups ("why?", "tell me more")
+   answered from the topic's `more` replies, or a switch to another topic.
+3. Splits are held out by *phrasing*: each topic's prompt templates (and the follow-up
+   questions) are divided between train, val and test, and a val/test conversation whose
+   prompt (or any (prompt, reply) pair) also occurs in train is drawn again. Test loss
+   then measures generalisation to new phrasings, not recall of seen ones.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import random
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from guppylm import template
+from guppylm.chat_format import conversation, normalize_user_text, turns
+from guppylm.errors import GuppyError
+from guppylm.persona import Persona, Topic
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class DataConfig:
+    n: int = 60_000  # conversations in all three splits together
+    seed: int = 0
+    val_share: float = 0.05
+    test_share: float = 0.05
+    multi_turn_share: float = 0.20  # conversations with 2-4 turns
+    followup_share: float = 0.6  # of extra turns: a follow-up question (else a topic switch)
+    name_rate: float = 0.30  # prompts that address the character by name
+    opener_rate: float = 0.25  # prompts that start with "hey", "so", ...
+    bare_rate: float = 0.25  # prompts whose end punctuation is dropped
+    double_rate: float = 0.08  # prompts that end "??" or "!!"
+    sentence_case_rate: float = 0.15
+    shout_rate: float = 0.04  # ALL CAPS
+    typo_rate: float = 0.06  # one word with a swapped, dropped or doubled letter
+
+
+def split_phrasings(prompts: list[tuple], key: str, seed: int) -> dict[str, list[tuple]]:
+    """Divide prompt templates between the splits, at least one each when there are 3+.
+
+    With fewer than 3 (possible only for follow-ups), every split shares them all.
+    """
+    if len(prompts) < 3:
+        return {split: prompts for split in SPLITS}
+    order = list(range(len(prompts)))
+    random.Random(f"{seed}:{key}").shuffle(order)
+    n_test = max(1, round(0.15 * len(order)))
+    n_val = max(1, round(0.10 * len(order)))
+    picked = {"test": order[:n_test], "val": order[n_test:n_test + n_val],
+              "train": order[n_test + n_val:]}
+    return {split: [prompts[i] for i in sorted(idx)] for split, idx in picked.items()}
+
+
+class Composer:
+    """Composes conversations for one persona; all randomness comes from one seeded rng."""
+
+    def __init__(self, persona: Persona, cfg: DataConfig):
+        self.persona, self.cfg = persona, cfg
+        self.rng = random.Random(cfg.seed)
+        self.phrasings = {t.name: split_phrasings(t.prompts, t.name, cfg.seed)
+                          for t in persona.topics}
+        self.followups = split_phrasings(persona.followups, "followups", cfg.seed)
+        total, self.cumulative = 0.0, []
+        for topic in persona.topics:
+            total += topic.weight
+            self.cumulative.append(total)
+
+    def pick_topic(self, other_than: Topic | None = None) -> Topic:
+        topics = self.persona.topics
+        while True:
+            i = bisect.bisect(self.cumulative, self.rng.random() * self.cumulative[-1])
+            topic = topics[min(i, len(topics) - 1)]
+            if topic is not other_than or len(topics) == 1:
+                return topic
+
+    def expand(self, templates: list[tuple]) -> str:
+        nodes = templates[int(self.rng.random() * len(templates))]
+        return template.expand(nodes, self.persona.pools, self.rng)
+
+    def conversation(self, split: str) -> dict:
+        topic = self.pick_topic()
+        first = topic
+        pairs = [(self.prompt(topic, split), self.expand(topic.replies))]
+        if self.rng.random() < self.cfg.multi_turn_share:
+            for _ in range(self.rng.randint(1, 3)):
+                follow = topic.more and self.persona.followups
+                if follow and self.rng.random() < self.cfg.followup_share:
+                    user = self.styled(self.expand(self.followups[split]))
+                    pairs.append((user, self.expand(topic.more)))
+                else:
+                    topic = self.pick_topic(other_than=topic)
+                    pairs.append((self.prompt(topic, split), self.expand(topic.replies)))
+        return conversation(pairs, first.name)
+
+    def prompt(self, topic: Topic, split: str) -> str:
+        return self.styled(self.expand(self.phrasings[topic.name][split]))
+
+    def styled(self, text: str) -> str:
+        """Dress a phrasing the way people type: names, openers, punctuation, case, typos."""
+        rng, cfg, persona = self.rng, self.cfg, self.persona
+        body, end = _split_end(text)
+        if persona.names and rng.random() < cfg.name_rate:
+            name = rng.choice(persona.names)
+            r = rng.random()
+            if r < 0.5:
+                body = f"{name}, {body}"
+            else:
+                body = f"{body}, {name}" if r < 0.7 else f"{body} {name}"
+        if persona.openers and rng.random() < cfg.opener_rate:
+            sep = "," if rng.random() < 0.3 else ""
+            body = f"{rng.choice(persona.openers)}{sep} {body}"
+        r = rng.random()
+        if r < cfg.bare_rate:
+            end = ""
+        elif r < cfg.bare_rate + cfg.double_rate:
+            end = (end or "!") * rng.randint(2, 3)
+        text = body + end
+        r = rng.random()
+        if r < cfg.shout_rate:
+            text = text.upper()
+        elif r < cfg.shout_rate + cfg.sentence_case_rate:
+            text = text[:1].upper() + text[1:]
+        if rng.random() < cfg.typo_rate:
+            text = _typo(text, rng)
+        return normalize_user_text(text)
+
+
+def _split_end(text: str) -> tuple[str, str]:
+    body = text.rstrip("?!.")
+    return body, text[len(body):]
+
+
+def _typo(text: str, rng: random.Random) -> str:
+    """One common typing slip in one word of four letters or more."""
+    words = text.split(" ")
+    candidates = [i for i, w in enumerate(words) if len(w) >= 4 and w.isalpha()]
+    if not candidates:
+        return text
+    i = rng.choice(candidates)
+    w, k = words[i], rng.randrange(1, len(words[i]) - 1)
+    kind = rng.randrange(3)
+    if kind == 0:
+        w = w[:k] + w[k + 1] + w[k] + w[k + 2:]  # swap two letters
+    elif kind == 1:
+        w = w[:k] + w[k + 1:]  # drop one
+    else:
+        w = w[:k] + w[k] + w[k:]  # double one
+    words[i] = w
+    return " ".join(words)
+
+
+def generate(persona: Persona, cfg: DataConfig) -> dict[str, list[dict]]:
+    """Compose `cfg.n` conversations and divide them into honest train/val/test splits."""
+    if cfg.n < 3:
+        raise GuppyError(f"--n {cfg.n}: too few conversations; ask for at least 3")
+    composer = Composer(persona, cfg)
+    n_val = max(1, round(cfg.n * cfg.val_share))
+    n_test = max(1, round(cfg.n * cfg.test_share))
+    train = [composer.conversation("train") for _ in range(cfg.n - n_val - n_test)]
+    train_prompts = {user for conv in train for user, _ in turns(conv)}
+    train_pairs = {pair for conv in train for pair in turns(conv)}
+    splits = {"train": train}
+    for split, count in (("val", n_val), ("test", n_test)):
+        kept: list[dict] = []
+        tries = 0
+        while len(kept) < count:
+            tries += 1
+            if tries > 50 * count + 1000:
+                raise GuppyError(f"{persona.path}: cannot draw {count} {split} conversations "
+                                 "unseen in training; give the topics more varied prompts")
+            conv = composer.conversation(split)
+            pairs = turns(conv)
+            if pairs[0][0] in train_prompts or any(p in train_pairs for p in pairs):
+                continue
+            kept.append(conv)
+        splits[split] = kept
+    return splits
+
+
+def write(splits: dict[str, list[dict]], persona: Persona, cfg: DataConfig, out: Path) -> None:
+    """Write the splits, a copy of the persona and meta.json into `out`, all or nothing.
+
+    Every file is written to a temporary name first and renamed only once all are
+    complete, so an interrupted run leaves the earlier data as it was.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    files = {f"{s}.jsonl": "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in splits[s])
+             for s in SPLITS}
+    files["persona.toml"] = persona.source
+    meta = {"persona": persona.name, "persona_file": persona.path, "config": asdict(cfg),
+            "conversations": {s: len(splits[s]) for s in SPLITS}}
+    files["meta.json"] = json.dumps(meta, indent=2) + "\n"
+    temps = {}
+    try:
+        for name, text in files.items():
+            fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
+            temps[name] = tmp
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+        for name, tmp in temps.items():
+            os.replace(tmp, out / name)
+    finally:
+        for tmp in temps.values():
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def read_split(folder: Path, split: str) -> list[dict]:
+    """Read one split's conversations, with a clear error if the folder is not data."""
+    path = Path(folder) / f"{split}.jsonl"
+    if not path.is_file():
+        raise GuppyError(f"{path}: missing; create the data with `guppy data --out {folder}`")
+    convs = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                conv = json.loads(line)
+                turns(conv)
+            except (json.JSONDecodeError, KeyError, TypeError, IndexError):
+                raise GuppyError(f"{path}:{lineno}: not a conversation in the chat format; "
+                                 "regenerate it with `guppy data`") from None
+            convs.append(conv)
+    return convs
+
+
+def stats(folder: Path) -> dict:
+    """Figures that show the data's variety and the honesty of its splits."""
+    splits = {s: read_split(folder, s) for s in SPLITS}
+    result: dict = {"splits": {}}
+    train_pairs = {p for c in splits["train"] for p in turns(c)}
+    train_prompts = {u for u, _ in train_pairs}
+    train_replies = {r for _, r in train_pairs}
+    for split, convs in splits.items():
+        pairs = [p for c in convs for p in turns(c)]
+        firsts = [turns(c)[0][0] for c in convs]
+        row = {
+            "conversations": len(convs),
+            "distinct_prompts": len({u for u, _ in pairs}),
+            "distinct_replies": len({r for _, r in pairs}),
+            "mean_prompt_words": _mean(len(u.split()) for u, _ in pairs),
+            "mean_reply_words": _mean(len(r.split()) for _, r in pairs),
+            "multi_turn_share": _mean(len(c["messages"]) > 2 for c in convs),
+        }
+        if split != "train":
+            row["first_prompts_in_train"] = _mean(u in train_prompts for u in firsts)
+            row["pairs_in_train"] = _mean(p in train_pairs for p in pairs)
+            row["replies_in_train"] = _mean(r in train_replies for _, r in pairs)
+        result["splits"][split] = row
+    result["topics"] = dict(sorted(Counter(c["topic"] for s in splits.values() for c in s).items()))
+    return result
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else 0.0
+
+
+def format_stats(s: dict) -> str:
+    keys = list(s["splits"]["test"])
+    lines = [f"{'':<24}" + "".join(f"{split:>10}" for split in SPLITS)]
+    for key in keys:
+        cells = []
+        for split in SPLITS:
+            v = s["splits"][split].get(key)
+            cells.append("-" if v is None else f"{v:.1%}" if key.endswith(("share", "train"))
+                         else f"{v:.1f}" if isinstance(v, float) else f"{v:,}")
+        lines.append(f"{key:<24}" + "".join(f"{c:>10}" for c in cells))
+    lines.append(f"\nconversations per topic ({len(s['topics'])} topics):")
+    lines += [f"  {count:>6,}  {topic}" for topic, count in s["topics"].items()]
+    return "\n".join(lines)

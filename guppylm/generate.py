@@ -1,0 +1,86 @@
+"""Sampling: turn the model's next-token logits into text, one token at a time.
+
+The KV cache makes this fast: the prompt is read once ("prefill"), and each new token
+then costs one position of work instead of re-reading the whole sequence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from guppylm.model import GPT
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 0.7  # < 1 sharpens the distribution, > 1 flattens it; 0 = greedy
+    top_k: int = 40  # sample only among the k likeliest tokens (0 = no limit)
+    top_p: float = 0.9  # ... and only among the smallest set holding this much probability
+    max_new_tokens: int = 80
+    seed: int | None = None
+
+
+def pick_token(logits: torch.Tensor, cfg: SamplingConfig,
+               generator: torch.Generator | None = None) -> int:
+    """Choose the next token from a 1-D tensor of logits."""
+    if cfg.temperature <= 0:
+        return int(logits.argmax())
+    logits = logits.float() / cfg.temperature
+    if cfg.top_k > 0:
+        kth = torch.topk(logits, min(cfg.top_k, logits.numel())).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if cfg.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        # drop a token once the likelier tokens before it already hold top_p of the mass
+        drop = sorted_probs.cumsum(0) - sorted_probs > cfg.top_p
+        probs = probs.scatter(0, order[drop], 0.0)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+@torch.inference_mode()
+def stream(model: GPT, prompt_ids: list[int], cfg: SamplingConfig,
+           stop_ids: tuple[int, ...] = ()) -> Iterator[int]:
+    """Yield new token ids one by one; stop at a stop id (not yielded) or a length limit."""
+    model.eval()
+    device = next(model.parameters()).device
+    generator = None
+    if cfg.seed is not None:
+        generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    room = model.cfg.context - len(prompt_ids)
+    if room <= 0:
+        raise ValueError(f"prompt of {len(prompt_ids)} tokens leaves no room in the context")
+    caches: list[dict] = [{} for _ in model.h]
+    logits = model(torch.tensor([prompt_ids], device=device), caches=caches)[0, -1]
+    for i in range(min(cfg.max_new_tokens, room)):
+        token = pick_token(logits.cpu(), cfg, generator)
+        if token in stop_ids:
+            return
+        yield token
+        if i + 1 < min(cfg.max_new_tokens, room):
+            logits = model(torch.tensor([[token]], device=device), caches=caches)[0, -1]
+
+
+@torch.inference_mode()
+def stream_without_cache(model: GPT, prompt_ids: list[int], cfg: SamplingConfig,
+                         stop_ids: tuple[int, ...] = ()) -> Iterator[int]:
+    """The same tokens as `stream`, recomputing the whole sequence at every step.
+
+    Kept as the reference that the cache is tested and benchmarked against.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    generator = None
+    if cfg.seed is not None:
+        generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    ids = list(prompt_ids)
+    for _ in range(min(cfg.max_new_tokens, model.cfg.context - len(prompt_ids))):
+        logits = model(torch.tensor([ids], device=device))[0, -1]
+        token = pick_token(logits.cpu(), cfg, generator)
+        if token in stop_ids:
+            return
+        yield token
+        ids.append(token)

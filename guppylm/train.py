@@ -1,0 +1,465 @@
+"""The training loop: conversations in, a run folder with a trained model out.
+
+    data/train.jsonl -> tokenizer -> length-bucketed batches -> AdamW steps -> runs/NAME/
+
+- Loss is computed on the assistant's tokens only: the model learns to answer, not to
+  imitate users.
+- Batches group conversations of similar length, so almost no compute goes to padding.
+- A checkpoint (weights, optimizer, schedule, RNG) is written atomically every few steps;
+  `--resume` continues after a crash exactly as if nothing had happened.
+- The same code runs on CPU, CUDA and Apple MPS, and under `torchrun` on many devices.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from guppylm import data as data_mod
+from guppylm.errors import GuppyError
+from guppylm.model import GPT, PRESETS, GPTConfig
+from guppylm.tokenizer import Tokenizer, chat_texts, encode_chats, train_tokenizer
+
+IGNORE = -100  # target value for tokens that carry no loss
+
+
+@dataclass
+class TrainConfig:
+    data: str = "data"
+    run: str = "runs/guppy"
+    preset: str = "guppy-9m"
+    vocab_size: int = 4096
+    steps: int = 2000  # total optimizer steps, unless `minutes` sets them
+    minutes: float | None = None  # fit the run into this much wall time (measured at start)
+    batch_tokens: int = 4096  # tokens per step, padding included (per device)
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr * this
+    warmup: int = 50
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    eval_tokens: int = 16_384  # validation tokens per periodic evaluation
+    checkpoint_every: int = 100
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
+    compile: bool = False
+    resume: bool = False
+    overwrite: bool = False
+    quiet: bool = False
+
+
+# ----------------------------------------------------------------------------- data
+
+def encode_examples(tok: Tokenizer, conversations: list[dict], context: int) -> list[tuple]:
+    """(input ids, target ids) per conversation; targets are IGNORE outside assistant turns."""
+    examples = []
+    for ids, mask in encode_chats(tok, conversations):
+        ids, mask = ids[: context + 1], mask[: context + 1]
+        targets = [t if m else IGNORE for t, m in zip(ids[1:], mask[1:], strict=True)]
+        examples.append((ids[:-1], targets))
+    return examples
+
+
+def make_batches(examples: list[tuple], batch_tokens: int, seed: int) -> list[list[int]]:
+    """Group examples of similar length into batches of about `batch_tokens` tokens.
+
+    Sorting by length (ties in a seeded random order) keeps padding near zero; the batch
+    order is then shuffled so training does not see short conversations first.
+    """
+    rng = random.Random(seed)
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    order.sort(key=lambda i: len(examples[i][0]))
+    batches, current = [], []
+    for i in order:
+        longest = len(examples[i][0])  # sorted, so the newest example is the longest
+        if current and (len(current) + 1) * longest > batch_tokens:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(examples: list[tuple], batch: list[int], pad_id: int) -> tuple[torch.Tensor, ...]:
+    T = max(len(examples[i][0]) for i in batch)
+    x = torch.full((len(batch), T), pad_id, dtype=torch.long)
+    y = torch.full((len(batch), T), IGNORE, dtype=torch.long)
+    for row, i in enumerate(batch):
+        ids, targets = examples[i]
+        x[row, : len(ids)] = torch.tensor(ids)
+        y[row, : len(targets)] = torch.tensor(targets)
+    return x, y
+
+
+class BatchStream:
+    """Step `s` on rank `r` of `w` takes batch `s*w + r` of an endless, epoch-by-epoch order.
+
+    The order of each epoch depends only on the seed and the epoch number, so a resumed
+    run sees exactly the batches the interrupted one would have seen.
+    """
+
+    def __init__(self, examples: list[tuple], cfg: TrainConfig, pad_id: int):
+        self.examples, self.cfg, self.pad_id = examples, cfg, pad_id
+        self.per_epoch = len(make_batches(examples, cfg.batch_tokens, cfg.seed))
+        self._epoch, self._batches = -1, []
+
+    def get(self, step: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, ...]:
+        """(inputs, targets, number of real, unpadded tokens) for this step and rank."""
+        index = step * world + rank
+        epoch = index // self.per_epoch
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._batches = make_batches(self.examples, self.cfg.batch_tokens,
+                                         self.cfg.seed + epoch)
+        batch = self._batches[index % self.per_epoch]
+        real = sum(len(self.examples[i][0]) for i in batch)
+        return (*collate(self.examples, batch, self.pad_id), real)
+
+
+# ----------------------------------------------------------------------------- schedule
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then cosine decay to lr * min_lr_ratio at the last step."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, total - cfg.warmup))
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW, with weight decay on the weight matrices and embeddings only (as in GPT-2):
+    decaying biases and LayerNorm gains just pulls them toward zero for no benefit."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+# ----------------------------------------------------------------------------- devices
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise GuppyError(f"--device {name}: unknown device; use auto, cpu, cuda or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GuppyError("--device cuda: no CUDA GPU is available here; use --device auto")
+    return device
+
+
+def autocast_dtype(device: torch.device, dtype: str) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32."""
+    if dtype == "fp32" or (dtype == "auto" and device.type != "cuda"):
+        return None
+    if dtype in ("auto", "bf16"):
+        return torch.bfloat16
+    if dtype == "fp16":
+        return torch.float16
+    raise GuppyError(f"--dtype {dtype}: unknown; use auto, fp32, bf16 or fp16")
+
+
+# ----------------------------------------------------------------------------- run folder
+
+def save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict) -> None:
+    """Write a safetensors file under a temporary name, then rename it into place."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
+              metadata={k: json.dumps(v) for k, v in metadata.items()})
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def model_weights(model: GPT) -> dict[str, torch.Tensor]:
+    """The state dict without the tied head (it is the token embedding)."""
+    return {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+
+
+def save_checkpoint(run: Path, model: GPT, opt: torch.optim.Optimizer, step: int,
+                    total: int) -> None:
+    tensors = {f"model.{k}": v for k, v in model_weights(model).items()}
+    for i, p in enumerate(model.parameters()):
+        state = opt.state.get(p, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                tensors[f"opt.{i}.{key}"] = state[key]
+    tensors["rng.torch"] = torch.get_rng_state()
+    opt_steps = [float(opt.state[p]["step"]) for p in model.parameters() if p in opt.state]
+    save_atomic(tensors, run / "checkpoint.safetensors",
+                {"step": step, "total_steps": total, "opt_steps": opt_steps})
+
+
+def load_checkpoint(run: Path, model: GPT, opt: torch.optim.Optimizer) -> tuple[int, int]:
+    """Restore weights, optimizer moments and RNG; return (next step, total steps)."""
+    from safetensors import safe_open
+
+    path = run / "checkpoint.safetensors"
+    if not path.is_file():
+        raise GuppyError(f"{path}: missing; nothing to resume, start without --resume")
+    with safe_open(str(path), "pt") as f:
+        meta = {k: json.loads(v) for k, v in f.metadata().items()}
+    tensors = load_file(str(path))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
+                          strict=False)
+    params = list(model.parameters())
+    for i, p in enumerate(params):
+        if f"opt.{i}.exp_avg" in tensors:
+            opt.state[p] = {"step": torch.tensor(meta["opt_steps"][i]),
+                            "exp_avg": tensors[f"opt.{i}.exp_avg"].to(p.device),
+                            "exp_avg_sq": tensors[f"opt.{i}.exp_avg_sq"].to(p.device)}
+    torch.set_rng_state(tensors["rng.torch"])
+    return meta["step"], meta["total_steps"]
+
+
+def prepare_run_folder(cfg: TrainConfig) -> Path:
+    run = Path(cfg.run)
+    if cfg.resume:
+        if not (run / "config.json").is_file():
+            raise GuppyError(f"{run}: no run to resume; start it with `guppy train --run {run}`")
+        return run
+    if run.exists() and any(run.iterdir()):
+        if not cfg.overwrite:
+            raise GuppyError(f"{run}: already holds a run; pass --resume to continue it, "
+                             "--overwrite to start over, or choose another --run")
+        shutil.rmtree(run)
+    run.mkdir(parents=True, exist_ok=True)
+    return run
+
+
+def model_config_for(cfg: TrainConfig, vocab_size: int) -> GPTConfig:
+    if cfg.preset not in PRESETS:
+        raise GuppyError(f"--preset {cfg.preset}: unknown; choose one of {', '.join(PRESETS)}")
+    return GPTConfig(**{**asdict(PRESETS[cfg.preset]), "vocab_size": vocab_size})
+
+
+def write_config(run: Path, cfg: TrainConfig, model_cfg: GPTConfig, extra: dict) -> None:
+    config = {"model": asdict(model_cfg), "train": asdict(cfg), **extra}
+    write_text_atomic(run / "config.json", json.dumps(config, indent=2) + "\n")
+
+
+def read_config(run: Path) -> dict:
+    path = run / "config.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GuppyError(f"{path}: missing; train a model with `guppy train --run {run}` "
+                         "(or `guppy run`)") from None
+    except json.JSONDecodeError:
+        raise GuppyError(f"{path}: not valid JSON; retrain with `guppy train`") from None
+
+
+def train_config_from(saved: dict, **overrides) -> TrainConfig:
+    known = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{**{k: v for k, v in saved.items() if k in known}, **overrides})
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def train(cfg: TrainConfig) -> GPT:
+    """Train (or resume) a model into the run folder `cfg.run`; return it."""
+    rank, world = _distributed_setup()
+    main_process = rank == 0
+    device = pick_device(cfg.device)
+    amp = autocast_dtype(device, cfg.dtype)
+    if cfg.resume:
+        saved = read_config(Path(cfg.run))
+        cfg = train_config_from(saved["train"], resume=True, quiet=cfg.quiet,
+                                device=cfg.device, minutes=None)
+    train_convs = data_mod.read_split(Path(cfg.data), "train")
+    val_convs = data_mod.read_split(Path(cfg.data), "val")
+    model_config_for(cfg, cfg.vocab_size)  # an unknown preset fails before anything is written
+    run = prepare_run_folder(cfg) if main_process else Path(cfg.run)
+    _barrier(world)
+    tok_path = run / "tokenizer.json"
+    if main_process and not cfg.resume:  # one process trains the tokenizer, all load it
+        train_tokenizer(chat_texts(train_convs), cfg.vocab_size).save(tok_path)
+        persona = Path(cfg.data) / "persona.toml"
+        if persona.is_file():
+            shutil.copyfile(persona, run / "persona.toml")
+    _barrier(world)
+    tok = Tokenizer.load(tok_path)
+
+    model_cfg = model_config_for(cfg, tok.vocab_size)
+    torch.manual_seed(cfg.seed)
+    model = GPT(model_cfg).to(device)
+    opt = make_optimizer(model, cfg)
+    examples = encode_examples(tok, train_convs, model_cfg.context)
+    val_examples = encode_examples(tok, val_convs, model_cfg.context)
+    stream = BatchStream(examples, cfg, tok.end_id)
+    val_batches = _eval_batches(val_examples, cfg, tok.end_id)
+
+    step, total = 0, cfg.steps
+    if cfg.resume:
+        step, total = load_checkpoint(run, model, opt)
+        _truncate_metrics(run / "metrics.jsonl", step)
+    elif main_process:
+        write_config(run, cfg, model_cfg, {"persona_name": _persona_name(Path(cfg.data)),
+                                           "vocab_size": tok.vocab_size,
+                                           "parameters": model.num_params(),
+                                           "device": str(device)})
+    if main_process and not cfg.quiet:
+        print(f"training {cfg.preset} ({model.num_params() / 1e6:.2f}M parameters, vocabulary "
+              f"{tok.vocab_size:,}) on {device} ({amp or torch.float32}), "
+              f"{len(examples):,} conversations, {stream.per_epoch:,} batches an epoch"
+              + (f", {world} processes" if world > 1 else ""))
+
+    forward = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        ids = [device.index] if device.type == "cuda" else None
+        forward = DistributedDataParallel(model, device_ids=ids)
+    if cfg.compile:
+        forward = torch.compile(forward)
+
+    def loss_of(x: torch.Tensor, y: torch.Tensor, net=forward) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            return net(x.to(device), y.to(device))
+
+    metrics = open(run / "metrics.jsonl", "a") if main_process else None
+    bar = tqdm(total=total, initial=step, disable=not main_process or cfg.quiet,
+               unit="step", dynamic_ncols=True, mininterval=0.2 if _is_tty() else 5.0)
+    start, tokens_done, real_done = time.perf_counter(), 0, 0
+    calibrate_at = step + 8 if cfg.minutes and not cfg.resume else None
+    model.train()
+    while step < total:
+        x, y, real = stream.get(step, rank, world)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, total, cfg)
+        loss = loss_of(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        step += 1
+        tokens_done += x.numel() * world
+        real_done += real * world
+        elapsed = time.perf_counter() - start
+        if step == calibrate_at:  # now we know the speed: fit the steps into the budget
+            total = _steps_for_budget(step, elapsed, cfg, len(val_batches))
+            if world > 1:  # every rank must stop at the same step: rank 0 decides
+                agreed = torch.tensor([total], device=device)
+                dist.broadcast(agreed, src=0)
+                total = int(agreed)
+            bar.total = total
+        if main_process:
+            loss_value = loss.item()
+            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{real_done / elapsed:,.0f}")
+            bar.update(1)
+            metrics.write(json.dumps({"step": step, "loss": round(loss_value, 4),
+                                      "lr": opt.param_groups[0]["lr"],
+                                      "tokens_per_s": round(tokens_done / elapsed),
+                                      "real_tokens_per_s": round(real_done / elapsed),
+                                      "elapsed_s": round(elapsed, 2)}) + "\n")
+        if step % cfg.eval_every == 0 or step == total:
+            val = evaluate(model, val_batches, loss_of)
+            if main_process:
+                metrics.write(json.dumps({"step": step, "val_loss": round(val, 4)}) + "\n")
+                bar.write(f"step {step:>5}: train loss {loss.item():.3f}, val loss {val:.3f}")
+        if main_process and (step % cfg.checkpoint_every == 0 or step == total):
+            metrics.flush()
+            save_checkpoint(run, model, opt, step, total)
+    bar.close()
+    if main_process:
+        metrics.close()
+        save_atomic(model_weights(model), run / "model.safetensors",
+                    {"steps": step, "preset": cfg.preset})
+        from guppylm.plots import plot_loss
+        plot_loss(run / "metrics.jsonl", run / "loss.png")
+    _barrier(world)
+    return model
+
+
+def _is_tty() -> bool:
+    return sys.stderr.isatty()
+
+
+def _persona_name(data_dir: Path) -> str:
+    try:
+        return json.loads((data_dir / "meta.json").read_text())["persona"]
+    except (OSError, ValueError, KeyError):
+        return "guppy"
+
+
+def _steps_for_budget(step: int, elapsed: float, cfg: TrainConfig, n_val: int) -> int:
+    per_step = elapsed / step
+    per_eval = per_step * n_val / 3  # a forward pass costs about a third of a step
+    budget = cfg.minutes * 60 - elapsed
+    steps_left = budget / (per_step + per_eval / cfg.eval_every)
+    return max(step + 1, min(cfg.steps, step + int(steps_left)))
+
+
+@torch.no_grad()
+def evaluate(model: GPT, batches: list[tuple], loss_of) -> float:
+    """Mean loss over the assistant tokens of fixed validation batches."""
+    model.eval()
+    total, count = 0.0, 0
+    for x, y, _ in batches:
+        n = int((y != IGNORE).sum())
+        total += loss_of(x, y, model).item() * n
+        count += n
+    model.train()
+    return total / max(1, count)
+
+
+def _eval_batches(examples: list[tuple], cfg: TrainConfig, pad_id: int) -> list[tuple]:
+    batches = make_batches(examples, cfg.batch_tokens, seed=12345)
+    picked, tokens = [], 0
+    for batch in batches:
+        if tokens >= cfg.eval_tokens:
+            break
+        x, y = collate(examples, batch, pad_id)
+        picked.append((x, y, 0))
+        tokens += x.numel()
+    return picked
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines written after the checkpoint we resume from."""
+    if path.is_file():
+        lines = [ln for ln in path.read_text().splitlines() if json.loads(ln)["step"] <= step]
+        write_text_atomic(path, "".join(ln + "\n" for ln in lines))
+
+
+def _distributed_setup() -> tuple[int, int]:
+    """(rank, world size); joins the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()

@@ -1,0 +1,62 @@
+"""Shared fixtures: a tiny persona written for the tests, and helpers to run the CLI."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from guppylm.cli import main
+
+TINY_PERSONA = textwrap.dedent('''
+    name = "Minnow"
+    description = "a tiny test fish"
+
+    [voice]
+    lowercase = true
+    max_words = 20
+
+    [user]
+    names = ["minnow", "little one"]
+    openers = ["hey", "so"]
+    followups = ["why?", "(really|truly)?", "tell me more"]
+
+    [slots]
+    food = ["flakes", "pellets", "a (small|tiny) worm"]
+    feel = ["warm", "cool", "nice"]
+
+    [[topics]]
+    name = "food"
+    prompts = ["are you hungry?", "what do you (eat|like to eat)?", "(do you want|want) food?",
+               "what is your favorite (food|snack)?", "(is it|when is) dinner time?"]
+    replies = ["i eat {food}. [{food} is the best.]", "yes. [always. ]i want {food}."]
+    more = ["because {food} is good."]
+
+    [[topics]]
+    name = "water"
+    prompts = ["how is the water?", "is the water (warm|cold)?",
+               "(do you like|how do you like) the water?",
+               "is your tank (clean|nice)?"]
+    replies = ["the water is {feel}. [i like it.]", "{feel} water. [good for swimming.]"]
+    more = ["water is my whole world."]
+
+    [[topics]]
+    name = "hello"
+    prompts = ["hi", "hello[ there]", "good (morning|evening)"]
+    replies = ["hello. [the water is {feel}.]", "hi. [i am swimming.]"]
+''')
+
+
+@pytest.fixture
+def tiny_persona(tmp_path: Path) -> Path:
+    path = tmp_path / "minnow.toml"
+    path.write_text(TINY_PERSONA)
+    return path
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """Run `guppy ARGS` in-process; return (exit status, stdout, stderr)."""
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err

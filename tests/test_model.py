@@ -1,0 +1,78 @@
+import torch
+
+from guppylm.generate import SamplingConfig, stream, stream_without_cache
+from guppylm.model import GPT, PRESETS, GPTConfig
+
+
+def tiny_model(seed: int = 0, **overrides) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(**{**vars(PRESETS["guppy-tiny"]), "vocab_size": 97, **overrides})).eval()
+
+
+def test_guppy_9m_has_about_8_7m_parameters():
+    model = GPT(GPTConfig(**{**vars(PRESETS["guppy-9m"]), "vocab_size": 4096}))
+    assert 8.6e6 < model.num_params() < 8.8e6
+    assert model.lm_head.weight is model.wte.weight
+
+
+def test_changing_a_later_token_never_changes_earlier_logits():
+    model = tiny_model()
+    idx = torch.randint(0, 97, (2, 20))
+    changed = idx.clone()
+    changed[:, 12:] = torch.randint(0, 97, (2, 8))
+    with torch.no_grad():
+        a, b = model(idx), model(changed)
+    assert torch.allclose(a[:, :12], b[:, :12], atol=1e-6)
+    assert not torch.allclose(a[:, 12:], b[:, 12:])
+
+
+def test_kv_cache_logits_equal_full_recomputation():
+    model = tiny_model()
+    idx = torch.randint(0, 97, (1, 30))
+    with torch.no_grad():
+        full = model(idx)
+        caches = [{} for _ in model.h]
+        first = model(idx[:, :10], caches=caches)
+        steps = [model(idx[:, t:t + 1], caches=caches) for t in range(10, 30)]
+    cached = torch.cat([first] + steps, dim=1)
+    assert torch.allclose(full, cached, atol=1e-5)
+
+
+def test_kv_cache_generation_equals_recomputation():
+    model = tiny_model()
+    prompt = [5, 6, 7, 8]
+    for cfg in (SamplingConfig(temperature=0, max_new_tokens=40),
+                SamplingConfig(temperature=1.0, top_k=20, top_p=0.9, max_new_tokens=40, seed=3)):
+        assert list(stream(model, prompt, cfg)) == list(stream_without_cache(model, prompt, cfg))
+
+
+def test_generation_stops_at_stop_token_and_at_limits():
+    model = tiny_model()
+    greedy = SamplingConfig(temperature=0, max_new_tokens=30)
+    tokens = list(stream(model, [1, 2, 3], greedy))
+    assert len(tokens) == 30
+    stop = tokens[5]
+    assert list(stream(model, [1, 2, 3], greedy, stop_ids=(stop,))) == tokens[:tokens.index(stop)]
+    near_end = [i % 97 for i in range(model.cfg.context - 4)]
+    assert len(list(stream(model, near_end, greedy))) <= 4
+
+
+def test_seed_makes_sampling_repeatable():
+    model = tiny_model()
+    cfg = SamplingConfig(temperature=1.2, top_k=0, top_p=1.0, max_new_tokens=25, seed=7)
+    a = list(stream(model, [1, 2], cfg))
+    assert a == list(stream(model, [1, 2], cfg))
+    cfg.seed = 8
+    assert a != list(stream(model, [1, 2], cfg))
+
+
+def test_loss_ignores_masked_targets():
+    model = tiny_model()
+    idx = torch.randint(0, 97, (2, 16))
+    targets = torch.randint(0, 97, (2, 16))
+    masked = targets.clone()
+    masked[:, :8] = -100
+    logits = model(idx)
+    expected = torch.nn.functional.cross_entropy(logits[:, 8:].reshape(-1, 97),
+                                                 targets[:, 8:].reshape(-1))
+    assert torch.allclose(model(idx, masked), expected, atol=1e-5)

@@ -1,0 +1,60 @@
+import pytest
+
+from guppylm import data, persona
+from guppylm.errors import GuppyError
+from guppylm.tokenizer import (
+    Tokenizer,
+    chat_texts,
+    decode_chat,
+    encode_chat,
+    train_tokenizer,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from conftest import TINY_PERSONA
+
+    path = tmp_path_factory.mktemp("p") / "minnow.toml"
+    path.write_text(TINY_PERSONA)
+    return data.generate(persona.load(str(path)), data.DataConfig(n=1500))
+
+
+def test_vocabulary_is_a_multiple_of_64_and_no_larger_than_the_data_supports(tiny_data):
+    tok = train_tokenizer(chat_texts(tiny_data["train"]), vocab_size=4096)
+    assert tok.vocab_size % 64 == 0
+    assert tok.vocab_size < 4096  # a tiny persona cannot support 4,096 tokens
+    bigger = train_tokenizer(chat_texts(tiny_data["train"]), vocab_size=tok.vocab_size + 640)
+    assert bigger.vocab_size == tok.vocab_size
+
+
+def test_round_trip_and_assistant_mask(tiny_data, tmp_path):
+    tok = train_tokenizer(chat_texts(tiny_data["train"]))
+    tok.save(tmp_path / "tokenizer.json")
+    tok = Tokenizer.load(tmp_path / "tokenizer.json")
+    for conv in tiny_data["test"][:50]:
+        ids, mask = encode_chat(tok, conv["messages"])
+        assert decode_chat(tok, ids) == conv["messages"]
+        assert len(ids) == len(mask)
+        # the masked ids are exactly each assistant reply followed by its end marker
+        masked = [i for i, m in zip(ids, mask, strict=True) if m]
+        expected = []
+        for m in conv["messages"]:
+            if m["role"] == "assistant":
+                expected += tok.encode(m["content"]) + [tok.end_id]
+        assert masked == expected
+
+
+def test_generation_prompt_and_any_unicode(tiny_data):
+    tok = train_tokenizer(chat_texts(tiny_data["train"]))
+    text = "HÉLLO 🐟 рыбка   guppy!!"
+    ids, mask = encode_chat(tok, [{"role": "user", "content": text}], add_generation_prompt=True)
+    assert ids[-1] == tok.assistant_id and not any(mask)
+    assert decode_chat(tok, ids)[0]["content"] == "HÉLLO 🐟 рыбка guppy!!"  # spaces normalised
+
+
+def test_unreadable_tokenizer_file(tmp_path):
+    bad = tmp_path / "tokenizer.json"
+    bad.write_text("{nope")
+    with pytest.raises(GuppyError, match="not a readable tokenizer.json"):
+        Tokenizer.load(bad)

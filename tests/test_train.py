@@ -1,0 +1,180 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from guppylm import data, persona
+from guppylm.chat import Guppy
+from guppylm.train import TrainConfig, make_batches, train
+
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    from conftest import TINY_PERSONA
+
+    folder = tmp_path_factory.mktemp("data")
+    (folder / "minnow.toml").write_text(TINY_PERSONA)
+    p = persona.load(str(folder / "minnow.toml"))
+    cfg = data.DataConfig(n=1200, seed=0)
+    data.write(data.generate(p, cfg), p, cfg, folder)
+    return folder
+
+
+def tiny(data_dir: Path, run: Path, **overrides) -> TrainConfig:
+    base = dict(data=str(data_dir), run=str(run), preset="guppy-tiny", steps=40, batch_tokens=1024,
+                lr=1e-2, warmup=5, eval_every=20, checkpoint_every=10, quiet=True, device="cpu")
+    return TrainConfig(**{**base, **overrides})
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_lowers_the_loss_and_fills_the_run_folder(data_dir, tmp_path):
+    train(tiny(data_dir, tmp_path / "run"))
+    run = tmp_path / "run"
+    for name in ("config.json", "tokenizer.json", "model.safetensors", "metrics.jsonl",
+                 "loss.png", "persona.toml", "checkpoint.safetensors"):
+        assert (run / name).is_file(), name
+    val = [m["val_loss"] for m in metrics(run) if "val_loss" in m]
+    train_losses = [m["loss"] for m in metrics(run) if "loss" in m]
+    assert len(val) == 2 and val[-1] < val[0]
+    assert sum(train_losses[-5:]) < sum(train_losses[:5]) - 5 * 1.0
+
+
+def test_batches_waste_little_on_padding(data_dir):
+    from guppylm.tokenizer import chat_texts, train_tokenizer
+    from guppylm.train import encode_examples
+
+    convs = data.read_split(data_dir, "train")
+    examples = encode_examples(train_tokenizer(chat_texts(convs)), convs, 128)
+    batches = make_batches(examples, 1024, seed=0)
+    assert sorted(i for b in batches for i in b) == list(range(len(examples)))
+    computed = sum(len(b) * max(len(examples[i][0]) for i in b) for b in batches)
+    real = sum(len(e[0]) for e in examples)
+    assert (computed - real) / computed < 0.10
+
+
+def test_save_then_load_gives_identical_outputs(data_dir, tmp_path):
+    model = train(tiny(data_dir, tmp_path / "run", steps=10))
+    loaded = Guppy.load(tmp_path / "run")
+    idx = torch.randint(0, model.cfg.vocab_size, (2, 17))
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(idx), loaded.model(idx))
+    assert loaded.model.lm_head.weight is loaded.model.wte.weight
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run(data_dir, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    train(tiny(data_dir, straight, steps=120, checkpoint_every=5))
+    args = [sys.executable, "-m", "guppylm", "train", "--data", str(data_dir), "--run", str(killed),
+            "--preset", "guppy-tiny", "--steps", "120", "--batch-tokens", "1024", "--lr", "1e-2",
+            "--warmup", "5", "--eval-every", "20", "--checkpoint-every", "5", "--device", "cpu",
+            "--quiet"]
+    proc = subprocess.Popen(args)
+    ckpt = killed / "checkpoint.safetensors"
+    deadline = time.time() + 60
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    from safetensors import safe_open
+    with safe_open(str(ckpt), "pt") as f:
+        assert int(f.metadata()["step"]) < 120, "the run ended before it could be killed"
+    assert not (killed / "model.safetensors").exists()
+    assert subprocess.run(args + ["--resume"]).returncode == 0
+    a = load_file(str(straight / "model.safetensors"))
+    b = load_file(str(killed / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    steps = [m["step"] for m in metrics(killed) if "loss" in m]
+    assert steps == list(range(1, 121))  # no step lost or repeated in the log
+
+
+def _ddp_worker(rank: int, world: int, cfg: TrainConfig, port: int) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    model = train(cfg)
+    from safetensors.torch import save_file
+    weights = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    save_file(weights, str(Path(cfg.run).parent / f"rank{rank}.safetensors"))
+
+
+def test_two_process_ddp_on_cpu_ends_with_identical_weights(data_dir, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tiny(data_dir, tmp_path / "run", steps=12, eval_every=6)
+    mp.spawn(_ddp_worker, args=(2, cfg, port), nprocs=2, join=True)
+    a = load_file(str(tmp_path / "rank0.safetensors"))
+    b = load_file(str(tmp_path / "rank1.safetensors"))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_cli_end_to_end_on_a_tiny_config(data_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--data", data_dir, "--run", run, "--preset",
+                           "guppy-tiny", "--steps", 15, "--batch-tokens", 1024, "--quiet")
+    assert code == 0, err
+    code, out, _ = run_cli(capsys, "chat", "--model", run, "--prompt", "are you hungry?",
+                           "--seed", 1, "--max-new-tokens", 10)
+    assert code == 0 and out.strip()
+
+
+def test_guppy_run_on_a_tiny_config(tmp_path, capsys, tiny_persona):
+    code, out, err = run_cli(capsys, "run", "--persona", tiny_persona, "--n", 600, "--data",
+                             tmp_path / "data", "--run", tmp_path / "run", "--preset",
+                             "guppy-tiny", "--steps", 10, "--quiet")
+    assert code == 0, err
+    assert "[3/3]" in out and "you:" in out and "minnow:" in out
+
+
+@pytest.mark.parametrize("args, says", [
+    (["train", "--data", "nowhere"], "nowhere/train.jsonl: missing"),
+    (["train", "--resume", "--run", "nowhere"], "nowhere/config.json: missing"),
+    (["train", "--device", "cuda"], "no CUDA GPU"),
+    (["chat", "--model", "nowhere"], "nowhere: no such run folder"),
+])
+def test_bad_input_gives_one_line(args, says, capsys, data_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    if args[:2] == ["train", "--device"]:
+        args = args + ["--data", str(data_dir)]
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2 and says in err and err.count("\n") == 1
+    assert not Path("runs").exists()  # nothing written
+
+
+def test_existing_run_is_never_overwritten_by_accident(data_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny(data_dir, run, steps=3))
+    before = (run / "model.safetensors").read_bytes()
+    code, _, err = run_cli(capsys, "train", "--data", data_dir, "--run", run, "--quiet")
+    assert code == 2 and "already holds a run" in err
+    assert (run / "model.safetensors").read_bytes() == before
+
+
+def test_incomplete_run_folder_says_how_to_finish_it(data_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny(data_dir, run, steps=3))
+    (run / "model.safetensors").unlink()
+    code, _, err = run_cli(capsys, "chat", "--model", run, "--prompt", "hi")
+    assert code == 2 and "model.safetensors missing" in err and "--resume" in err
