@@ -77,17 +77,32 @@ class Guppy:
     def stream_reply(self, messages: list[dict], **overrides) -> Iterator[str]:
         """Yield the reply as text pieces, as the tokens are generated."""
         cfg = replace(self.sampling, **overrides)
-        ids = self.prompt_ids(messages, cfg.max_new_tokens)
         new: list[int] = []
         shown = ""
-        for token in stream(self.model, ids, cfg, stop_ids=(self.tok.end_id,)):
-            if token in (self.tok.user_id, self.tok.assistant_id):
-                break  # the model tried to start a new turn itself
+        for token in self._tokens(messages, cfg):
             new.append(token)
             text = self.tok.decode(new)
             if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
                 yield text[len(shown):]
                 shown = text
+
+    def respond(self, messages: list[dict], **overrides) -> tuple[str, bool]:
+        """(reply, ended): ended is False when the reply ran into the length limit or the
+        model began another turn instead of ending its own (evaluation counts both)."""
+        cfg = replace(self.sampling, **overrides)
+        tokens = list(self._tokens(messages, cfg))
+        return self.tok.decode(tokens).strip(), self._ended
+
+    def _tokens(self, messages: list[dict], cfg: SamplingConfig) -> Iterator[int]:
+        ids = self.prompt_ids(messages, cfg.max_new_tokens)
+        limit = min(cfg.max_new_tokens, self.model.cfg.context - len(ids))
+        self._ended, count = False, 0
+        for token in stream(self.model, ids, cfg, stop_ids=(self.tok.end_id,)):
+            if token in (self.tok.user_id, self.tok.assistant_id):
+                return  # the model tried to start a new turn itself
+            count += 1
+            yield token
+        self._ended = count < limit  # fewer than the limit: it stopped at <|end|>
 
     def chat(self, messages: list[dict], **overrides) -> str:
         """The assistant's next reply to a conversation."""

@@ -75,6 +75,16 @@ def cmd_chat(args: argparse.Namespace) -> None:
     interactive(Guppy.load(args.model, **_sampling(args)), prompt=args.prompt)
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    from guppylm.evaluate import evaluate_run, format_table
+
+    results = []
+    for run in args.runs:
+        results.append(evaluate_run(Path(run), data_dir=args.data))
+        print(f"{run}: report written to {run}/report.md ({results[-1]['seconds']:.0f} s)")
+    print(format_table(results))
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from guppylm.pipeline import run_pipeline
 
@@ -149,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="print one reply to this message and exit")
     add_sampling_args(p)
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("eval", help="measure trained models; write report.md into each run",
+                       description="Losses, bits per byte, the persona test, well-formedness, "
+                                   "variety and multi-turn figures; several runs side by side.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s), e.g. runs/guppy")
+    p.add_argument("--data", help="data folder (default: the one the run was trained on)")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("run", help="the whole pipeline: data, tokenizer, training, sample chat",
                        description="Generate data, train the default model within a time "

@@ -200,6 +200,9 @@ def write(splits: dict[str, list[dict]], persona: Persona, cfg: DataConfig, out:
     files = {f"{s}.jsonl": "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in splits[s])
              for s in SPLITS}
     files["persona.toml"] = persona.source
+    test = Path(persona.path).with_name(Path(persona.path).stem + ".test.toml")
+    if test.is_file():  # the hand-written persona test travels with the data, for `guppy eval`
+        files["persona.test.toml"] = test.read_text(encoding="utf-8")
     meta = {"persona": persona.name, "persona_file": persona.path, "config": asdict(cfg),
             "conversations": {s: len(splits[s]) for s in SPLITS}}
     files["meta.json"] = json.dumps(meta, indent=2) + "\n"

@@ -302,9 +302,9 @@ def train(cfg: TrainConfig) -> GPT:
     tok_path = run / "tokenizer.json"
     if main_process and not cfg.resume:  # one process trains the tokenizer, all load it
         train_tokenizer(chat_texts(train_convs), cfg.vocab_size).save(tok_path)
-        persona = Path(cfg.data) / "persona.toml"
-        if persona.is_file():
-            shutil.copyfile(persona, run / "persona.toml")
+        for name in ("persona.toml", "persona.test.toml"):  # the run keeps its character
+            if (Path(cfg.data) / name).is_file():
+                shutil.copyfile(Path(cfg.data) / name, run / name)
     _barrier(world)
     tok = Tokenizer.load(tok_path)
 
@@ -348,7 +348,10 @@ def train(cfg: TrainConfig) -> GPT:
     bar = tqdm(total=total, initial=step, disable=not main_process or cfg.quiet,
                unit="step", dynamic_ncols=True, mininterval=0.2 if _is_tty() else 5.0)
     start, tokens_done, real_done = time.perf_counter(), 0, 0
-    calibrate_at = step + 8 if cfg.minutes and not cfg.resume else None
+    # With a time budget, the step count is fixed once the speed is known: timed over the
+    # warmup (whose learning rates do not depend on the total), after the slow first steps.
+    calibrating = bool(cfg.minutes) and not cfg.resume
+    calibrate_from, calibrate_at = step + 3, max(step + 10, cfg.warmup)
     model.train()
     while step < total:
         x, y, real = stream.get(step, rank, world)
@@ -363,8 +366,11 @@ def train(cfg: TrainConfig) -> GPT:
         tokens_done += x.numel() * world
         real_done += real * world
         elapsed = time.perf_counter() - start
-        if step == calibrate_at:  # now we know the speed: fit the steps into the budget
-            total = _steps_for_budget(step, elapsed, cfg, len(val_batches))
+        if calibrating and step == calibrate_from:
+            mark = elapsed
+        if calibrating and step == calibrate_at:  # fit the remaining steps into the budget
+            per_step = (elapsed - mark) / (calibrate_at - calibrate_from)
+            total = _steps_for_budget(step, elapsed, per_step, cfg, len(val_batches))
             if world > 1:  # every rank must stop at the same step: rank 0 decides
                 agreed = torch.tensor([total], device=device)
                 dist.broadcast(agreed, src=0)
@@ -409,8 +415,8 @@ def _persona_name(data_dir: Path) -> str:
         return "guppy"
 
 
-def _steps_for_budget(step: int, elapsed: float, cfg: TrainConfig, n_val: int) -> int:
-    per_step = elapsed / step
+def _steps_for_budget(step: int, elapsed: float, per_step: float, cfg: TrainConfig,
+                      n_val: int) -> int:
     per_eval = per_step * n_val / 3  # a forward pass costs about a third of a step
     budget = cfg.minutes * 60 - elapsed
     steps_left = budget / (per_step + per_eval / cfg.eval_every)

@@ -60,3 +60,38 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+TINY_PERSONA_TEST = textwrap.dedent('''
+    [[prompts]]
+    text = "R U HUNGRY"
+    topic = "food"
+    style = "shouting"
+    expect = ["eat", "food", "flakes", "pellets", "worm", "want"]
+
+    [[prompts]]
+    text = "hows ur water"
+    topic = "water"
+    style = "typos"
+    expect = ["water"]
+
+    [[prompts]]
+    text = "?"
+    topic = "hello"
+    style = "minimal"
+    expect = ["hello", "hi"]
+
+    [[conversations]]
+    name = "food then water"
+    turns = [
+      { text = "u hungry?", topic = "food", expect = ["eat", "want", "flakes"] },
+      { text = "why", topic = "food", expect = ["food", "good"] },
+      { text = "and the water?", topic = "water", expect = ["water"] },
+    ]
+''')
+
+
+@pytest.fixture
+def tiny_persona_with_test(tiny_persona: Path) -> Path:
+    tiny_persona.with_name("minnow.test.toml").write_text(TINY_PERSONA_TEST)
+    return tiny_persona

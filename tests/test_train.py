@@ -144,7 +144,7 @@ def test_guppy_run_on_a_tiny_config(tmp_path, capsys, tiny_persona):
                              tmp_path / "data", "--run", tmp_path / "run", "--preset",
                              "guppy-tiny", "--steps", 10, "--quiet")
     assert code == 0, err
-    assert "[3/3]" in out and "you:" in out and "minnow:" in out
+    assert "[3/4]" in out and "you:" in out and "minnow:" in out
 
 
 @pytest.mark.parametrize("args, says", [

@@ -1,0 +1,232 @@
+"""`guppy eval`: an honest measurement of a trained model, and a report card.
+
+Losses on the held-out val and test splits (whose phrasings training never saw), in nats
+per token and in bits per byte; the persona test (hand-written prompts, several seeds);
+sentence well-formedness against the persona's grammar; variety and copying; and scripted
+multi-turn conversations. Everything it needs is in the run folder (the persona and its
+test are copied there at training time) plus the data folder it was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import tomllib
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from guppylm import data as data_mod
+from guppylm import persona as persona_mod
+from guppylm.chat import Guppy
+from guppylm.chat_format import turns
+from guppylm.errors import GuppyError
+from guppylm.scoring import Grammar, copy_rate, distinct_n, judge
+from guppylm.tokenizer import encode_chats
+from guppylm.train import IGNORE, collate, make_batches, read_config
+
+STYLES = ("plain", "shouting", "typos", "slang", "rambling", "emoji", "foreign", "injection",
+          "minimal")
+SEEDS = (0, 1, 2)
+
+
+@dataclass
+class TestPrompt:
+    text: str
+    topic: str
+    style: str
+    expect: list[str]
+
+
+@dataclass
+class PersonaTest:
+    prompts: list[TestPrompt]
+    conversations: list[tuple[str, list[TestPrompt]]] = field(default_factory=list)
+
+
+def persona_test_path(persona_path: Path) -> Path:
+    """`guppy.toml` -> `guppy.test.toml`, beside it."""
+    return persona_path.with_name(persona_path.stem + ".test.toml")
+
+
+def load_persona_test(path: Path, persona: persona_mod.Persona) -> PersonaTest:
+    """Read and check a persona test file; errors name the file and the entry."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GuppyError(f"{path}: missing; write a persona test beside the persona "
+                         "(see README, 'Honest evaluation')") from None
+    except tomllib.TOMLDecodeError as e:
+        raise GuppyError(f"{path}: malformed TOML ({e}); fix the syntax") from None
+    topics = {t.name for t in persona.topics}
+
+    def entry(item: dict, at: str, default_style: str = "plain") -> TestPrompt:
+        prompt = TestPrompt(text=item.get("text", ""), topic=item.get("topic", ""),
+                            style=item.get("style", default_style),
+                            expect=item.get("expect", []))
+        if not isinstance(prompt.text, str) or not prompt.text.strip():
+            raise GuppyError(f"{path}: {at}: missing text; add text = \"...\"")
+        if prompt.topic not in topics:
+            raise GuppyError(f"{path}: {at}: unknown topic '{prompt.topic}'; use a topic name "
+                             "from the persona file")
+        if prompt.style not in STYLES:
+            raise GuppyError(f"{path}: {at}: unknown style '{prompt.style}'; use one of "
+                             f"{', '.join(STYLES)}")
+        if not prompt.expect or not all(isinstance(w, str) for w in prompt.expect):
+            raise GuppyError(f"{path}: {at}: expect must list the words an on-topic reply "
+                             "would use")
+        return prompt
+
+    prompts = [entry(p, f"prompts[{i}]") for i, p in enumerate(raw.get("prompts", []))]
+    if not prompts:
+        raise GuppyError(f"{path}: no [[prompts]]; add hand-written test prompts")
+    conversations = []
+    for i, conv in enumerate(raw.get("conversations", [])):
+        steps = [entry(t, f"conversations[{i}].turns[{j}]")
+                 for j, t in enumerate(conv.get("turns", []))]
+        conversations.append((conv.get("name", f"conversation {i + 1}"), steps))
+    return PersonaTest(prompts, conversations)
+
+
+# ----------------------------------------------------------------------------- losses
+
+@torch.no_grad()
+def split_loss(guppy: Guppy, conversations: list[dict],
+               batch_tokens: int = 8192) -> tuple[float, float]:
+    """(mean loss in nats per assistant token, bits per byte of assistant text).
+
+    Bits per byte divide the same total loss by the UTF-8 bytes of the assistant's replies
+    (each reply's end-of-turn marker counted as one byte), so models with different
+    tokenizers compare fairly.
+    """
+    model, tok = guppy.model, guppy.tok
+    context = model.cfg.context
+    examples = []
+    for ids, mask in encode_chats(tok, conversations):
+        ids, mask = ids[: context + 1], mask[: context + 1]
+        examples.append((ids[:-1], [t if m else IGNORE for t, m in zip(ids[1:], mask[1:],
+                                                                         strict=True)]))
+    total_nats, tokens = 0.0, 0
+    for batch in make_batches(examples, batch_tokens, seed=0):
+        x, y = collate(examples, batch, tok.end_id)
+        n = int((y != IGNORE).sum())
+        total_nats += model(x, y).item() * n
+        tokens += n
+    n_bytes = sum(len(m["content"].encode("utf-8")) + 1 for conv in conversations
+                  for m in conv["messages"] if m["role"] == "assistant")
+    return total_nats / max(1, tokens), total_nats / math.log(2) / max(1, n_bytes)
+
+
+# ----------------------------------------------------------------------------- the test
+
+def run_persona_test(guppy: Guppy, test: PersonaTest, persona: persona_mod.Persona,
+                     seeds=SEEDS) -> tuple[list[dict], list[dict]]:
+    """Reply to every prompt at every seed; return (single-turn rows, multi-turn rows)."""
+    rows = []
+    for prompt in test.prompts:
+        for seed in seeds:
+            reply, ended = guppy.respond([{"role": "user", "content": prompt.text}], seed=seed)
+            verdict = judge(reply, ended, prompt.expect, persona)
+            rows.append({"prompt": prompt.text, "topic": prompt.topic, "style": prompt.style,
+                         "seed": seed, "reply": reply, "passed": verdict.passed,
+                         "in_character": verdict.in_character, "on_topic": verdict.on_topic,
+                         "reasons": verdict.reasons})
+    multi = []
+    for name, steps in test.conversations:
+        for seed in seeds:
+            history: list[dict] = []
+            for turn, step in enumerate(steps, 1):
+                history.append({"role": "user", "content": step.text})
+                reply, ended = guppy.respond(history, seed=seed)
+                history.append({"role": "assistant", "content": reply})
+                verdict = judge(reply, ended, step.expect, persona)
+                multi.append({"conversation": name, "turn": turn, "seed": seed,
+                              "prompt": step.text, "reply": reply, "passed": verdict.passed,
+                              "reasons": verdict.reasons})
+    return rows, multi
+
+
+def _rate(rows: list[dict], key: str = "passed") -> float:
+    return sum(r[key] for r in rows) / max(1, len(rows))
+
+
+def _grouped(rows: list[dict], by: str) -> dict[str, float]:
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[row[by]].append(row)
+    return {k: _rate(v) for k, v in sorted(groups.items())}
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+def evaluate_run(run: Path, data_dir: Path | None = None, quiet: bool = False) -> dict:
+    """All the figures for one run folder; also writes eval.json, report.md and plots."""
+    start = time.perf_counter()
+    config = read_config(run)
+    persona_path = run / "persona.toml"
+    if not persona_path.is_file():
+        raise GuppyError(f"{persona_path}: missing; retrain with `guppy train` so the run "
+                         "keeps a copy of its persona")
+    persona = persona_mod.load(str(persona_path))
+    test = load_persona_test(persona_test_path(persona_path), persona)
+    data_dir = Path(data_dir or config["train"]["data"])
+    guppy = Guppy.load(run)
+    splits = {s: data_mod.read_split(data_dir, s) for s in data_mod.SPLITS}
+    train_replies = {r for conv in splits["train"] for _, r in turns(conv)}
+
+    metrics: dict = {"run": str(run), "preset": config["train"]["preset"],
+                     "parameters": config.get("parameters"), "persona": persona.name}
+    for split in ("val", "test"):
+        loss, bpb = split_loss(guppy, splits[split])
+        metrics[f"{split}_loss"], metrics[f"{split}_bpb"] = loss, bpb
+    rows, multi = run_persona_test(guppy, test, persona)
+    replies = [r["reply"] for r in rows]
+    grammar = Grammar(persona)
+    metrics.update({
+        "persona_pass": _rate(rows), "in_character": _rate(rows, "in_character"),
+        "on_topic": _rate(rows, "on_topic"),
+        "well_formed": grammar.share_well_formed(replies + [m["reply"] for m in multi]),
+        "distinct_1": distinct_n(replies, 1), "distinct_2": distinct_n(replies, 2),
+        "copy_rate": copy_rate(replies, train_replies),
+        "multi_turn_pass": _rate(multi),
+        "per_style": _grouped(rows, "style"), "per_topic": _grouped(rows, "topic"),
+        "per_turn": _grouped(multi, "turn"),
+        "failures": dict(Counter(reason for r in rows for reason in r["reasons"])),
+        "prompts": len(test.prompts), "samples": len(rows),
+        "seconds": round(time.perf_counter() - start, 1),
+    })
+    from guppylm.report import write_report
+
+    write_report(run, metrics, rows, multi)
+    (run / "eval.json").write_text(json.dumps({**metrics, "rows": rows, "multi_turn": multi},
+                                              indent=1) + "\n")
+    return metrics
+
+
+HEADLINE = [("persona test pass", "persona_pass", "{:.1%}"),
+            ("  in character", "in_character", "{:.1%}"),
+            ("  on topic", "on_topic", "{:.1%}"),
+            ("well-formed sentences", "well_formed", "{:.1%}"),
+            ("multi-turn pass", "multi_turn_pass", "{:.1%}"),
+            ("val loss (nats/token)", "val_loss", "{:.3f}"),
+            ("test loss (nats/token)", "test_loss", "{:.3f}"),
+            ("test bits per byte", "test_bpb", "{:.3f}"),
+            ("copied from training", "copy_rate", "{:.1%}"),
+            ("distinct-1 / distinct-2", None, None)]
+
+
+def format_table(results: list[dict]) -> str:
+    """Side-by-side headline figures of one or more runs."""
+    width = max(14, *(len(Path(r["run"]).name) + 2 for r in results))
+    lines = [f"{'':<26}" + "".join(f"{Path(r['run']).name:>{width}}" for r in results)]
+    lines.append(f"{'preset':<26}" + "".join(f"{r['preset']:>{width}}" for r in results))
+    for label, key, fmt in HEADLINE:
+        if key is None:
+            cells = [f"{r['distinct_1']:.2f} / {r['distinct_2']:.2f}" for r in results]
+        else:
+            cells = [fmt.format(r[key]) for r in results]
+        lines.append(f"{label:<26}" + "".join(f"{c:>{width}}" for c in cells))
+    return "\n".join(lines)

@@ -1,0 +1,108 @@
+"""The report card that `guppy eval` writes into a run folder: report.md and its plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+from guppylm.plots import plot_loss  # noqa: E402
+
+EXAMPLES = 6
+
+
+def write_report(run: Path, m: dict, rows: list[dict], multi: list[dict]) -> None:
+    if (run / "metrics.jsonl").is_file():
+        plot_loss(run / "metrics.jsonl", run / "loss.png")
+    plot_rates(m["per_topic"], "pass rate per topic", run / "persona_topics.png")
+    plot_rates(m["per_style"], "pass rate per style of prompt", run / "persona_styles.png")
+    text = "\n".join([
+        f"# Report card: {run.name}",
+        "",
+        f"{m['persona']} · preset `{m['preset']}` · {m['parameters']:,} parameters · "
+        f"{m['prompts']} hand-written prompts × {m['samples'] // max(1, m['prompts'])} seeds",
+        "",
+        "| figure | value | what it means |",
+        "|---|---|---|",
+        f"| persona test pass | {m['persona_pass']:.1%} | in character *and* on topic |",
+        f"| in character | {m['in_character']:.1%} | voice rules kept, no markup, no loop, "
+        "ended by itself |",
+        f"| on topic | {m['on_topic']:.1%} | used a word the prompt's author expected |",
+        f"| well-formed sentences | {m['well_formed']:.1%} | sentences the persona's grammar "
+        "can produce |",
+        f"| multi-turn pass | {m['multi_turn_pass']:.1%} | scripted conversations, every turn |",
+        f"| val / test loss | {m['val_loss']:.3f} / {m['test_loss']:.3f} | nats per assistant "
+        "token, phrasings unseen in training |",
+        f"| val / test bits per byte | {m['val_bpb']:.3f} / {m['test_bpb']:.3f} | "
+        "independent of the tokenizer |",
+        f"| copied from training | {m['copy_rate']:.1%} | replies found verbatim in train |",
+        f"| distinct-1 / distinct-2 | {m['distinct_1']:.2f} / {m['distinct_2']:.2f} | "
+        "variety of words and word pairs |",
+        "",
+        "![loss](loss.png)",
+        "",
+        "## By style of prompt",
+        "",
+        "| style | pass |",
+        "|---|---|",
+        *[f"| {style} | {rate:.0%} |" for style, rate in m["per_style"].items()],
+        "",
+        "![styles](persona_styles.png)",
+        "",
+        "## By turn of a scripted conversation",
+        "",
+        "| turn | pass |",
+        "|---|---|",
+        *[f"| {turn} | {rate:.0%} |" for turn, rate in m["per_turn"].items()],
+        "",
+        "## Why replies failed",
+        "",
+        *([f"- {reason}: {count}" for reason, count in
+           sorted(m["failures"].items(), key=lambda kv: -kv[1])] or ["- nothing failed"]),
+        "",
+        "## Examples that passed",
+        "",
+        *_examples([r for r in rows if r["passed"]]),
+        "",
+        "## Examples that failed",
+        "",
+        *_examples([r for r in rows if not r["passed"]], reasons=True),
+        "",
+        "## By topic",
+        "",
+        "![topics](persona_topics.png)",
+        "",
+    ])
+    tmp = run / ".report.md.tmp"
+    tmp.write_text(text + "\n", encoding="utf-8")
+    tmp.replace(run / "report.md")
+
+
+def _examples(rows: list[dict], reasons: bool = False) -> list[str]:
+    seen, out = set(), []
+    for row in rows:  # one per topic, so the examples show range
+        if row["topic"] in seen or len(out) >= EXAMPLES:
+            continue
+        seen.add(row["topic"])
+        why = f" — *{', '.join(row['reasons'])}*" if reasons else ""
+        out.append(f"- **{row['style']}** `{row['prompt']}` → {row['reply'] or '(nothing)'}{why}")
+    return out or ["- (none)"]
+
+
+def plot_rates(rates: dict[str, float], title: str, out: Path) -> None:
+    names = list(rates)
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.22 * len(names) + 1)), dpi=110)
+    ax.barh(names, [rates[n] for n in names], color="#3182bd")
+    ax.set_xlim(0, 1)
+    ax.invert_yaxis()
+    ax.set_title(title)
+    ax.tick_params(axis="y", labelsize=7 if len(names) > 20 else 9)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(out)

@@ -1,0 +1,166 @@
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY_PERSONA_TEST, run_cli
+from guppylm import data, persona
+from guppylm.chat import Guppy
+from guppylm.errors import GuppyError
+from guppylm.evaluate import STYLES, load_persona_test, split_loss, persona_test_path
+from guppylm.scoring import Grammar, copy_rate, distinct_n, is_loop, judge
+from guppylm.tokenizer import encode_chats
+from guppylm.train import TrainConfig, train
+
+
+@pytest.fixture
+def minnow(tiny_persona):
+    return persona.load(str(tiny_persona))
+
+
+EXPECT = ["water", "warm"]
+
+
+def test_a_good_reply_passes(minnow):
+    verdict = judge("the water is warm. i like it.", True, EXPECT, minnow)
+    assert verdict.passed and verdict.reasons == []
+
+
+@pytest.mark.parametrize("reply, ended, reason", [
+    ("The water is warm.", True, "capitals"),
+    ("the water is warm " + "and nice " * 12, True, "too long"),
+    ("the water is warm.<|user|> hi", True, "markup"),
+    ("the water is warm. the water is warm.", True, "repetition"),
+    ("warm water warm water warm water warm water", True, "repetition"),
+    ("the water is warm and", False, "cut off"),
+    ("i eat flakes.", True, "off topic"),
+    ("", True, "empty"),
+])
+def test_a_reply_fails_for_each_reason(minnow, reply, ended, reason):
+    verdict = judge(reply, ended, EXPECT, minnow)
+    assert not verdict.passed and reason in verdict.reasons
+    assert verdict.in_character == (reason == "off topic")
+
+
+def test_expected_words_match_at_word_starts(minnow):
+    assert judge("i am swimming in warmth.", True, ["warm"], minnow).on_topic
+    assert not judge("i am swimming.", True, ["wim"], minnow).on_topic
+
+
+def test_grammar_accepts_new_combinations_and_rejects_word_salad(minnow):
+    grammar = Grammar(minnow)
+    assert grammar.well_formed("i eat a tiny worm.")
+    assert grammar.well_formed("a small worm is the best.")  # not in any single reply
+    assert grammar.well_formed("hello.")
+    assert not grammar.well_formed("the water warm water is the best.")
+    assert not grammar.well_formed("i eat a tiny worm")  # cut before its full stop
+    assert grammar.share_well_formed(["hello. the water is nice.", "water eat i."]) == 2 / 3
+
+
+def test_every_template_sentence_is_well_formed():
+    import random
+
+    from guppylm import template
+    for name in ("guppy", "fern"):
+        p = persona.load(name)
+        grammar, rng = Grammar(p), random.Random(0)
+        replies = [template.expand(rng.choice(t.replies + t.more), p.pools, rng)
+                   for t in p.topics for _ in range(20)]
+        assert grammar.share_well_formed(replies) == 1.0
+
+
+def test_variety_measures():
+    assert distinct_n(["a b c", "a b d"], 1) == 4 / 6
+    assert distinct_n(["a b c", "a b d"], 2) == 3 / 4
+    assert copy_rate(["x", "y", "z", "x"], {"x"}) == 0.5
+    assert is_loop("blub blub blub blub blub")
+    assert not is_loop("blub blub. i am a fish.")
+
+
+def test_bits_per_byte_of_a_uniform_model(tiny_persona, tmp_path):
+    from guppylm.tokenizer import chat_texts, train_tokenizer
+    from guppylm.model import GPT, GPTConfig, PRESETS
+
+    convs = data.generate(persona.load(str(tiny_persona)), data.DataConfig(n=200))["train"]
+    tok = train_tokenizer(chat_texts(convs))
+    model = GPT(GPTConfig(**{**vars(PRESETS["guppy-tiny"]), "vocab_size": tok.vocab_size}))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()  # every logit 0: a uniform distribution over the vocabulary
+    loss, bpb = split_loss(Guppy(model, tok), convs[:40])
+    tokens = sum(sum(mask[1:]) for _, mask in encode_chats(tok, convs[:40]))
+    n_bytes = sum(len(m["content"].encode()) + 1 for c in convs[:40] for m in c["messages"]
+                  if m["role"] == "assistant")
+    assert loss == pytest.approx(math.log(tok.vocab_size), rel=1e-5)
+    assert bpb == pytest.approx(tokens * math.log2(tok.vocab_size) / n_bytes, rel=1e-5)
+
+
+@pytest.mark.parametrize("name, least", [("guppy", 150), ("fern", 50)])
+def test_shipped_persona_tests_are_complete(name, least):
+    p = persona.load(name)
+    test = load_persona_test(persona_test_path(Path(p.path)), p)
+    assert len(test.prompts) >= least
+    assert {t.style for t in test.prompts} == set(STYLES)
+    assert test.conversations and all(3 <= len(steps) <= 5 for _, steps in test.conversations)
+
+
+@pytest.mark.parametrize("old, new, says", [
+    ('topic = "water"', 'topic = "lava"', "prompts[1]: unknown topic 'lava'"),
+    ('style = "typos"', 'style = "rude"', "prompts[1]: unknown style 'rude'"),
+    ('expect = ["water"]', "expect = []", "prompts[1]: expect must list"),
+    ('text = "?"', 'text = ""', "prompts[2]: missing text"),
+])
+def test_bad_persona_test_file(minnow, tmp_path, old, new, says):
+    path = tmp_path / "x.test.toml"
+    path.write_text(TINY_PERSONA_TEST.replace(old, new, 1))
+    with pytest.raises(GuppyError, match=says.replace("[", r"\[").replace("]", r"\]")):
+        load_persona_test(path, minnow)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    from conftest import TINY_PERSONA
+
+    root = tmp_path_factory.mktemp("eval")
+    (root / "minnow.toml").write_text(TINY_PERSONA)
+    (root / "minnow.test.toml").write_text(TINY_PERSONA_TEST)
+    p = persona.load(str(root / "minnow.toml"))
+    cfg = data.DataConfig(n=800)
+    data.write(data.generate(p, cfg), p, cfg, root / "data")
+    for name, steps in (("a", 5), ("b", 60)):
+        train(TrainConfig(data=str(root / "data"), run=str(root / name), preset="guppy-tiny",
+                          steps=steps, batch_tokens=1024, lr=1e-2, warmup=5, eval_every=30,
+                          quiet=True, device="cpu"))
+    return root
+
+
+def test_report_for_a_tiny_model(two_runs, capsys):
+    code, out, err = run_cli(capsys, "eval", two_runs / "b")
+    assert code == 0, err
+    run = two_runs / "b"
+    for name in ("report.md", "eval.json", "persona_topics.png", "persona_styles.png"):
+        assert (run / name).is_file(), name
+    report = (run / "report.md").read_text()
+    assert "persona test pass" in report and "Examples that failed" in report
+    metrics = json.loads((run / "eval.json").read_text())
+    assert metrics["samples"] == 3 * 3 and len(metrics["multi_turn"]) == 3 * 3
+    assert 0 <= metrics["persona_pass"] <= 1 and metrics["test_bpb"] > 0
+    assert set(metrics["per_turn"]) == {"1", "2", "3"}
+
+
+def test_two_runs_side_by_side(two_runs, capsys):
+    code, out, _ = run_cli(capsys, "eval", two_runs / "a", two_runs / "b")
+    assert code == 0
+    lines = out.splitlines()
+    header = lines[next(i for i, line in enumerate(lines) if line.startswith("preset")) - 1]
+    assert header.split() == ["a", "b"]
+    a = json.loads((two_runs / "a" / "eval.json").read_text())
+    b = json.loads((two_runs / "b" / "eval.json").read_text())
+    assert b["test_loss"] < a["test_loss"]  # more training, lower held-out loss
+
+
+def test_eval_of_a_folder_that_is_no_run(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "eval", tmp_path)
+    assert code == 2 and "config.json: missing" in err
