@@ -5,14 +5,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_PERSONA_TEST, run_cli
 from guppylm import data, persona
 from guppylm.chat import Guppy
 from guppylm.errors import GuppyError
-from guppylm.evaluate import STYLES, load_persona_test, split_loss, persona_test_path
+from guppylm.evaluate import STYLES, load_persona_test, persona_test_path, split_loss
 from guppylm.scoring import Grammar, copy_rate, distinct_n, is_loop, judge
 from guppylm.tokenizer import encode_chats
 from guppylm.train import TrainConfig, train
+
+from conftest import TINY_PERSONA_TEST, run_cli
 
 
 @pytest.fixture
@@ -80,8 +81,8 @@ def test_variety_measures():
 
 
 def test_bits_per_byte_of_a_uniform_model(tiny_persona, tmp_path):
+    from guppylm.model import GPT, PRESETS, GPTConfig
     from guppylm.tokenizer import chat_texts, train_tokenizer
-    from guppylm.model import GPT, GPTConfig, PRESETS
 
     convs = data.generate(persona.load(str(tiny_persona)), data.DataConfig(n=200))["train"]
     tok = train_tokenizer(chat_texts(convs))
