@@ -2,8 +2,8 @@
 
 Three ideas keep the data varied and the evaluation honest:
 1. User prompts are *composed*: a topic's phrasing template, plus at random the
-   character's name, an opener, dropped or doubled punctuation, capitals, shouting and a
-   typo. So the model meets many ways of saying the same thing.
+   character's name, an opener, an unrelated lead-in, dropped or doubled punctuation,
+   capitals, shouting, an emoji and a typo. So the model meets many ways of saying the same thing.
 2. About a fifth of conversations run 2-4 turns: follow-ups ("why?", "tell me more")
    answered from the topic's `more` replies, or a switch to another topic.
 3. Splits are held out by *phrasing*: each topic's prompt templates (and the follow-up
@@ -41,6 +41,8 @@ class DataConfig:
     followup_share: float = 0.6  # of extra turns: a follow-up question (else a topic switch)
     name_rate: float = 0.30  # prompts that address the character by name
     opener_rate: float = 0.25  # prompts that start with "hey", "so", ...
+    preamble_rate: float = 0.08  # prompts after an unrelated lead-in ("long day today.")
+    emoji_rate: float = 0.06  # prompts with an emoji before or after
     bare_rate: float = 0.25  # prompts whose end punctuation is dropped
     double_rate: float = 0.08  # prompts that end "??" or "!!"
     sentence_case_rate: float = 0.15
@@ -128,11 +130,16 @@ class Composer:
         elif r < cfg.bare_rate + cfg.double_rate:
             end = (end or "!") * rng.randint(2, 3)
         text = body + end
+        if persona.preambles and rng.random() < cfg.preamble_rate:
+            text = f"{rng.choice(persona.preambles)} {text}"
         r = rng.random()
         if r < cfg.shout_rate:
             text = text.upper()
         elif r < cfg.shout_rate + cfg.sentence_case_rate:
             text = text[:1].upper() + text[1:]
+        if persona.emoji and rng.random() < cfg.emoji_rate:
+            emoji = rng.choice(persona.emoji)
+            text = f"{emoji} {text}" if rng.random() < 0.3 else f"{text} {emoji}"
         if rng.random() < cfg.typo_rate:
             text = _typo(text, rng)
         return normalize_user_text(text)

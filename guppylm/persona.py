@@ -5,7 +5,7 @@ Layout of a persona file (see README.md, "Write your own persona"):
     name = "Guppy"                  # the character's name
     description = "..."             # one line, for people
     [voice]    lowercase, max_words # rules every reply must follow
-    [user]     names, openers, followups   # how people talk to the character
+    [user]     names, openers, followups, preambles, emoji   # how people talk to it
     [slots]    pool = ["...", ...]  # word pools that templates draw from with {pool}
     [[topics]] name, prompts, replies, more (optional), weight (optional)
 
@@ -29,7 +29,7 @@ MIN_PROMPTS = 3  # a topic needs phrasings for train, and held-out ones for val 
 
 _TOP_KEYS = {"name", "description", "voice", "user", "slots", "topics"}
 _VOICE_KEYS = {"lowercase", "max_words"}
-_USER_KEYS = {"names", "openers", "followups"}
+_USER_KEYS = {"names", "openers", "followups", "preambles", "emoji"}
 _TOPIC_KEYS = {"name", "prompts", "replies", "more", "weight"}
 
 
@@ -53,6 +53,8 @@ class Persona:
     names: list[str]
     openers: list[str]
     followups: list[tuple]
+    preambles: list[str]  # unrelated lead-ins ("long day today.") said before some prompts
+    emoji: list[str]
     pools: dict[str, list[tuple]]
     topics: list[Topic] = field(default_factory=list)
 
@@ -116,6 +118,8 @@ def _build(data: dict, where: str, source: str) -> Persona:
         max_words=max_words,
         names=_strings(user, "names", f"{where}: [user]"),
         openers=_strings(user, "openers", f"{where}: [user]"),
+        preambles=_strings(user, "preambles", f"{where}: [user]"),
+        emoji=_strings(user, "emoji", f"{where}: [user]"),
         followups=[_parse(t, pools, f"{where}: [user] followups[{i}]")
                    for i, t in enumerate(_strings(user, "followups", f"{where}: [user]"))],
         pools=pools,

@@ -418,7 +418,7 @@ def _persona_name(data_dir: Path) -> str:
 def _steps_for_budget(step: int, elapsed: float, per_step: float, cfg: TrainConfig,
                       n_val: int) -> int:
     per_eval = per_step * n_val / 3  # a forward pass costs about a third of a step
-    budget = cfg.minutes * 60 - elapsed
+    budget = 0.92 * cfg.minutes * 60 - elapsed  # a margin for a busy machine and the saving
     steps_left = budget / (per_step + per_eval / cfg.eval_every)
     return max(step + 1, min(cfg.steps, step + int(steps_left)))
 
