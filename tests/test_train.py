@@ -139,12 +139,50 @@ def test_cli_end_to_end_on_a_tiny_config(data_dir, tmp_path, capsys):
     assert code == 0 and out.strip()
 
 
-def test_guppy_run_on_a_tiny_config(tmp_path, capsys, tiny_persona):
-    code, out, err = run_cli(capsys, "run", "--persona", tiny_persona, "--n", 600, "--data",
-                             tmp_path / "data", "--run", tmp_path / "run", "--preset",
+def test_guppy_run_on_a_tiny_config(tmp_path, capsys, tiny_persona_with_test):
+    code, out, err = run_cli(capsys, "run", "--persona", tiny_persona_with_test, "--n", 600,
+                             "--data", tmp_path / "data", "--run", tmp_path / "run", "--preset",
                              "guppy-tiny", "--steps", 10, "--quiet")
     assert code == 0, err
     assert "[3/4]" in out and "you:" in out and "minnow:" in out
+    assert "[4/4]" in out and "persona test pass" in out
+    run = tmp_path / "run"
+    assert (run / "report.md").is_file() and (run / "persona.test.toml").is_file()
+
+
+def test_interactive_chat_keeps_history_resets_and_exits_cleanly(data_dir, tmp_path):
+    run = tmp_path / "run"
+    train(tiny(data_dir, run, steps=5))
+    session = "hi\n\n   \n/reset\nare you hungry? 🐟\n"
+    r = subprocess.run([sys.executable, "-m", "guppylm", "chat", "--model", str(run),
+                        "--seed", "0", "--max-new-tokens", "8"], input=session,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("you> ") == 6  # five inputs, then end-of-file
+    assert r.stdout.count("minnow> ") == 2  # blank lines get no reply
+    assert "(forgotten)" in r.stdout and "Traceback" not in r.stderr
+
+
+def test_history_is_trimmed_and_an_overlong_message_cut_to_fit(data_dir, tmp_path):
+    run = tmp_path / "run"
+    train(tiny(data_dir, run, steps=3))
+    g = Guppy.load(run)
+    history = []
+    for i in range(40):
+        history += [{"role": "user", "content": f"are you hungry {i}?"},
+                    {"role": "assistant", "content": "i eat flakes. flakes is the best."}]
+    history.append({"role": "user", "content": "last question?"})
+    ids = g.prompt_ids(history, max_new_tokens=40)
+    assert len(ids) <= g.model.cfg.context - 40
+    assert g.tok.decode(ids).endswith("last question?")  # the newest turn is kept
+    huge = [{"role": "user", "content": "water " * 2000}]
+    assert len(g.prompt_ids(huge, 40)) <= g.model.cfg.context - 40
+    assert isinstance(g.reply("water " * 2000, max_new_tokens=5), str)
+
+
+def test_python_api_import():
+    from guppylm import Guppy as FromPackage
+    assert FromPackage is Guppy
 
 
 @pytest.mark.parametrize("args, says", [
