@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from guppylm import data, persona
+from guppylm.batching import IGNORE, collate, encode_examples, make_batches
 from guppylm.generate import SamplingConfig, stream, stream_without_cache
 from guppylm.model import GPT, PRESETS, GPTConfig
 from guppylm.tokenizer import chat_texts, train_tokenizer
-from guppylm.train import IGNORE, collate, encode_examples, make_batches
 
 
 def matmul_peak(dtype: torch.dtype, device: str, repeats: int = 5) -> float:

@@ -17,11 +17,11 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from guppylm.chat_format import normalize_user_text
+from guppylm.checkpoint import read_config
 from guppylm.errors import GuppyError
 from guppylm.generate import SamplingConfig, stream
 from guppylm.model import GPT, GPTConfig
 from guppylm.tokenizer import Tokenizer, encode_chat
-from guppylm.train import read_config
 
 RUN_FILES = ("config.json", "tokenizer.json", "model.safetensors")
 
@@ -48,10 +48,14 @@ class Guppy:
         model = GPT(GPTConfig(**config["model"]))
         try:
             weights = load_file(str(run / "model.safetensors"))
-            model.load_state_dict(weights, strict=False)
+            missing, unexpected = model.load_state_dict(weights, strict=False)
         except Exception as e:  # safetensors and torch raise several types for bad files
-            raise GuppyError(f"{run / 'model.safetensors'}: unreadable weights ({e}); "
+            why = str(e).splitlines()[0][:120]
+            raise GuppyError(f"{run / 'model.safetensors'}: unreadable weights ({why}); "
                              "retrain with `guppy train`") from None
+        if unexpected or set(missing) - {"lm_head.weight"}:  # the head is the tied embedding
+            raise GuppyError(f"{run / 'model.safetensors'}: weights do not match config.json; "
+                             "retrain with `guppy train`")
         model.lm_head.weight = model.wte.weight  # re-tie after loading
         tok = Tokenizer.load(run / "tokenizer.json")
         return cls(model.to(device), tok, SamplingConfig(**sampling),

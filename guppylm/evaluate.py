@@ -21,12 +21,13 @@ import torch
 
 from guppylm import data as data_mod
 from guppylm import persona as persona_mod
+from guppylm.batching import IGNORE, collate, make_batches
 from guppylm.chat import Guppy
 from guppylm.chat_format import turns
+from guppylm.checkpoint import read_config
 from guppylm.errors import GuppyError
 from guppylm.scoring import Grammar, copy_rate, distinct_n, judge
 from guppylm.tokenizer import encode_chats
-from guppylm.train import IGNORE, collate, make_batches, read_config
 
 STYLES = ("plain", "shouting", "typos", "slang", "rambling", "emoji", "foreign", "injection",
           "minimal")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from guppylm.errors import GuppyError
 from guppylm.model import GPT
 
 
@@ -21,6 +22,16 @@ class SamplingConfig:
     top_p: float = 0.9  # ... and only among the smallest set holding this much probability
     max_new_tokens: int = 80
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise GuppyError(f"--temperature {self.temperature}: must be 0 or more")
+        if self.top_k < 0:
+            raise GuppyError(f"--top-k {self.top_k}: must be 0 (no limit) or more")
+        if not 0 < self.top_p <= 1:
+            raise GuppyError(f"--top-p {self.top_p}: must be above 0 and at most 1")
+        if self.max_new_tokens < 1:
+            raise GuppyError(f"--max-new-tokens {self.max_new_tokens}: must be at least 1")
 
 
 def pick_token(logits: torch.Tensor, cfg: SamplingConfig,

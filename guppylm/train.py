@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import shutil
 import sys
 import time
@@ -24,15 +23,22 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from guppylm import data as data_mod
+from guppylm.batching import IGNORE, BatchStream, collate, encode_examples, make_batches
+from guppylm.checkpoint import (
+    load_checkpoint,
+    model_weights,
+    read_config,
+    save_atomic,
+    save_checkpoint,
+    write_config,
+    write_text_atomic,
+)
 from guppylm.errors import GuppyError
 from guppylm.model import GPT, PRESETS, GPTConfig
-from guppylm.tokenizer import Tokenizer, chat_texts, encode_chats, train_tokenizer
-
-IGNORE = -100  # target value for tokens that carry no loss
+from guppylm.tokenizer import Tokenizer, chat_texts, train_tokenizer
 
 
 @dataclass
@@ -59,77 +65,6 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False
     quiet: bool = False
-
-
-# ----------------------------------------------------------------------------- data
-
-def encode_examples(tok: Tokenizer, conversations: list[dict], context: int) -> list[tuple]:
-    """(input ids, target ids) per conversation; targets are IGNORE outside assistant turns."""
-    examples = []
-    for ids, mask in encode_chats(tok, conversations):
-        ids, mask = ids[: context + 1], mask[: context + 1]
-        targets = [t if m else IGNORE for t, m in zip(ids[1:], mask[1:], strict=True)]
-        examples.append((ids[:-1], targets))
-    return examples
-
-
-def make_batches(examples: list[tuple], batch_tokens: int, seed: int) -> list[list[int]]:
-    """Group examples of similar length into batches of about `batch_tokens` tokens.
-
-    Sorting by length (ties in a seeded random order) keeps padding near zero; the batch
-    order is then shuffled so training does not see short conversations first.
-    """
-    rng = random.Random(seed)
-    order = list(range(len(examples)))
-    rng.shuffle(order)
-    order.sort(key=lambda i: len(examples[i][0]))
-    batches, current = [], []
-    for i in order:
-        longest = len(examples[i][0])  # sorted, so the newest example is the longest
-        if current and (len(current) + 1) * longest > batch_tokens:
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    rng.shuffle(batches)
-    return batches
-
-
-def collate(examples: list[tuple], batch: list[int], pad_id: int) -> tuple[torch.Tensor, ...]:
-    T = max(len(examples[i][0]) for i in batch)
-    x = torch.full((len(batch), T), pad_id, dtype=torch.long)
-    y = torch.full((len(batch), T), IGNORE, dtype=torch.long)
-    for row, i in enumerate(batch):
-        ids, targets = examples[i]
-        x[row, : len(ids)] = torch.tensor(ids)
-        y[row, : len(targets)] = torch.tensor(targets)
-    return x, y
-
-
-class BatchStream:
-    """Step `s` on rank `r` of `w` takes batch `s*w + r` of an endless, epoch-by-epoch order.
-
-    The order of each epoch depends only on the seed and the epoch number, so a resumed
-    run sees exactly the batches the interrupted one would have seen.
-    """
-
-    def __init__(self, examples: list[tuple], cfg: TrainConfig, pad_id: int):
-        self.examples, self.cfg, self.pad_id = examples, cfg, pad_id
-        self.per_epoch = len(make_batches(examples, cfg.batch_tokens, cfg.seed))
-        self._epoch, self._batches = -1, []
-
-    def get(self, step: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, ...]:
-        """(inputs, targets, number of real, unpadded tokens) for this step and rank."""
-        index = step * world + rank
-        epoch = index // self.per_epoch
-        if epoch != self._epoch:
-            self._epoch = epoch
-            self._batches = make_batches(self.examples, self.cfg.batch_tokens,
-                                         self.cfg.seed + epoch)
-        batch = self._batches[index % self.per_epoch]
-        real = sum(len(self.examples[i][0]) for i in batch)
-        return (*collate(self.examples, batch, self.pad_id), real)
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -184,62 +119,6 @@ def autocast_dtype(device: torch.device, dtype: str) -> torch.dtype | None:
 
 # ----------------------------------------------------------------------------- run folder
 
-def save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict) -> None:
-    """Write a safetensors file under a temporary name, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-              metadata={k: json.dumps(v) for k, v in metadata.items()})
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def model_weights(model: GPT) -> dict[str, torch.Tensor]:
-    """The state dict without the tied head (it is the token embedding)."""
-    return {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
-
-
-def save_checkpoint(run: Path, model: GPT, opt: torch.optim.Optimizer, step: int,
-                    total: int) -> None:
-    tensors = {f"model.{k}": v for k, v in model_weights(model).items()}
-    for i, p in enumerate(model.parameters()):
-        state = opt.state.get(p, {})
-        for key in ("exp_avg", "exp_avg_sq"):
-            if key in state:
-                tensors[f"opt.{i}.{key}"] = state[key]
-    tensors["rng.torch"] = torch.get_rng_state()
-    opt_steps = [float(opt.state[p]["step"]) for p in model.parameters() if p in opt.state]
-    save_atomic(tensors, run / "checkpoint.safetensors",
-                {"step": step, "total_steps": total, "opt_steps": opt_steps})
-
-
-def load_checkpoint(run: Path, model: GPT, opt: torch.optim.Optimizer) -> tuple[int, int]:
-    """Restore weights, optimizer moments and RNG; return (next step, total steps)."""
-    from safetensors import safe_open
-
-    path = run / "checkpoint.safetensors"
-    if not path.is_file():
-        raise GuppyError(f"{path}: missing; nothing to resume, start without --resume")
-    with safe_open(str(path), "pt") as f:
-        meta = {k: json.loads(v) for k, v in f.metadata().items()}
-    tensors = load_file(str(path))
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
-                          strict=False)
-    params = list(model.parameters())
-    for i, p in enumerate(params):
-        if f"opt.{i}.exp_avg" in tensors:
-            opt.state[p] = {"step": torch.tensor(meta["opt_steps"][i]),
-                            "exp_avg": tensors[f"opt.{i}.exp_avg"].to(p.device),
-                            "exp_avg_sq": tensors[f"opt.{i}.exp_avg_sq"].to(p.device)}
-    torch.set_rng_state(tensors["rng.torch"])
-    return meta["step"], meta["total_steps"]
-
-
 def prepare_run_folder(cfg: TrainConfig) -> Path:
     run = Path(cfg.run)
     if cfg.resume:
@@ -259,22 +138,6 @@ def model_config_for(cfg: TrainConfig, vocab_size: int) -> GPTConfig:
     if cfg.preset not in PRESETS:
         raise GuppyError(f"--preset {cfg.preset}: unknown; choose one of {', '.join(PRESETS)}")
     return GPTConfig(**{**asdict(PRESETS[cfg.preset]), "vocab_size": vocab_size})
-
-
-def write_config(run: Path, cfg: TrainConfig, model_cfg: GPTConfig, extra: dict) -> None:
-    config = {"model": asdict(model_cfg), "train": asdict(cfg), **extra}
-    write_text_atomic(run / "config.json", json.dumps(config, indent=2) + "\n")
-
-
-def read_config(run: Path) -> dict:
-    path = run / "config.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GuppyError(f"{path}: missing; train a model with `guppy train --run {run}` "
-                         "(or `guppy run`)") from None
-    except json.JSONDecodeError:
-        raise GuppyError(f"{path}: not valid JSON; retrain with `guppy train`") from None
 
 
 def train_config_from(saved: dict, **overrides) -> TrainConfig:
@@ -314,7 +177,7 @@ def train(cfg: TrainConfig) -> GPT:
     opt = make_optimizer(model, cfg)
     examples = encode_examples(tok, train_convs, model_cfg.context)
     val_examples = encode_examples(tok, val_convs, model_cfg.context)
-    stream = BatchStream(examples, cfg, tok.end_id)
+    stream = BatchStream(examples, cfg.batch_tokens, cfg.seed, tok.end_id)
     val_batches = _eval_batches(val_examples, cfg, tok.end_id)
 
     step, total = 0, cfg.steps
@@ -348,10 +211,12 @@ def train(cfg: TrainConfig) -> GPT:
     bar = tqdm(total=total, initial=step, disable=not main_process or cfg.quiet,
                unit="step", dynamic_ncols=True, mininterval=0.2 if _is_tty() else 5.0)
     start, tokens_done, real_done = time.perf_counter(), 0, 0
-    # With a time budget, the step count is fixed once the speed is known: timed over the
-    # warmup (whose learning rates do not depend on the total), after the slow first steps.
+    # With a time budget, the step count is set once the speed is known: timed over the
+    # warmup (whose learning rates do not depend on the total), after the slow first steps,
+    # and set again 150 steps later, while the cosine has barely begun to decay.
     calibrating = bool(cfg.minutes) and not cfg.resume
     calibrate_from, calibrate_at = step + 3, max(step + 10, cfg.warmup)
+    mark, calibrations_left = 0.0, 2
     model.train()
     while step < total:
         x, y, real = stream.get(step, rank, world)
@@ -371,6 +236,9 @@ def train(cfg: TrainConfig) -> GPT:
         if calibrating and step == calibrate_at:  # fit the remaining steps into the budget
             per_step = (elapsed - mark) / (calibrate_at - calibrate_from)
             total = _steps_for_budget(step, elapsed, per_step, cfg, len(val_batches))
+            calibrations_left -= 1
+            calibrate_from, calibrate_at, mark = step, step + 150, elapsed
+            calibrating = calibrations_left > 0 and calibrate_at < total
             if world > 1:  # every rank must stop at the same step: rank 0 decides
                 agreed = torch.tensor([total], device=device)
                 dist.broadcast(agreed, src=0)

@@ -11,8 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from guppylm import data, persona
+from guppylm.batching import make_batches
 from guppylm.chat import Guppy
-from guppylm.train import TrainConfig, make_batches, train
+from guppylm.train import TrainConfig, train
 
 from conftest import run_cli
 
@@ -52,8 +53,8 @@ def test_training_lowers_the_loss_and_fills_the_run_folder(data_dir, tmp_path):
 
 
 def test_batches_waste_little_on_padding(data_dir):
+    from guppylm.batching import encode_examples
     from guppylm.tokenizer import chat_texts, train_tokenizer
-    from guppylm.train import encode_examples
 
     convs = data.read_split(data_dir, "train")
     examples = encode_examples(train_tokenizer(chat_texts(convs)), convs, 128)
@@ -216,3 +217,27 @@ def test_incomplete_run_folder_says_how_to_finish_it(data_dir, tmp_path, capsys)
     (run / "model.safetensors").unlink()
     code, _, err = run_cli(capsys, "chat", "--model", run, "--prompt", "hi")
     assert code == 2 and "model.safetensors missing" in err and "--resume" in err
+
+
+@pytest.mark.parametrize("flag, value, says", [
+    ("--temperature", "-1", "--temperature -1.0: must be 0 or more"),
+    ("--top-p", "0", "--top-p 0.0: must be above 0"),
+    ("--top-k", "-3", "--top-k -3: must be 0"),
+])
+def test_bad_sampling_options(data_dir, tmp_path, capsys, flag, value, says):
+    run = tmp_path / "run"
+    train(tiny(data_dir, run, steps=2))
+    code, _, err = run_cli(capsys, "chat", "--model", run, "--prompt", "hi", flag, value)
+    assert code == 2 and says in err
+
+
+def test_corrupt_or_mismatched_weights(data_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny(data_dir, run, steps=2))
+    (run / "model.safetensors").write_bytes(b"not safetensors at all")
+    code, _, err = run_cli(capsys, "chat", "--model", run, "--prompt", "hi")
+    assert code == 2 and "unreadable weights" in err and err.count("\n") == 1
+    from safetensors.torch import save_file
+    save_file({"wte.weight": torch.zeros(3, 3)}, str(run / "model.safetensors"))
+    code, _, err = run_cli(capsys, "chat", "--model", run, "--prompt", "hi")
+    assert code == 2 and "do not match config.json" in err
