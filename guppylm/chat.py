@@ -46,16 +46,20 @@ class Guppy:
                                  f"`guppy train --run {run} --resume` or retrain with `guppy run`")
         config = read_config(run)
         model = GPT(GPTConfig(**config["model"]))
+        path = run / "model.safetensors"
         try:
-            weights = load_file(str(run / "model.safetensors"))
-            missing, unexpected = model.load_state_dict(weights, strict=False)
-        except Exception as e:  # safetensors and torch raise several types for bad files
+            weights = load_file(str(path))
+        except Exception as e:  # safetensors raises several types for a bad file
             why = str(e).splitlines()[0][:120]
-            raise GuppyError(f"{run / 'model.safetensors'}: unreadable weights ({why}); "
-                             "retrain with `guppy train`") from None
+            raise GuppyError(f"{path}: unreadable weights ({why}); retrain with "
+                             "`guppy train`") from None
+        try:
+            missing, unexpected = model.load_state_dict(weights, strict=False)
+        except RuntimeError:  # a tensor of the wrong shape
+            missing, unexpected = [], ["(shapes)"]
         if unexpected or set(missing) - {"lm_head.weight"}:  # the head is the tied embedding
-            raise GuppyError(f"{run / 'model.safetensors'}: weights do not match config.json; "
-                             "retrain with `guppy train`")
+            raise GuppyError(f"{path}: weights do not match config.json; retrain with "
+                             "`guppy train`")
         model.lm_head.weight = model.wte.weight  # re-tie after loading
         tok = Tokenizer.load(run / "tokenizer.json")
         return cls(model.to(device), tok, SamplingConfig(**sampling),
