@@ -46,8 +46,8 @@ class DataConfig:
     bare_rate: float = 0.25  # prompts whose end punctuation is dropped
     double_rate: float = 0.08  # prompts that end "??" or "!!"
     sentence_case_rate: float = 0.15
-    shout_rate: float = 0.04  # ALL CAPS
-    typo_rate: float = 0.06  # one word with a swapped, dropped or doubled letter
+    shout_rate: float = 0.10  # ALL CAPS: byte-level BPE spells these with other tokens
+    typo_rate: float = 0.08  # one word with a swapped, dropped or doubled letter
 
 
 def split_phrasings(prompts: list[tuple], key: str, seed: int) -> dict[str, list[tuple]]:

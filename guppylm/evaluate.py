@@ -26,7 +26,7 @@ from guppylm.chat import Guppy
 from guppylm.chat_format import turns
 from guppylm.checkpoint import read_config
 from guppylm.errors import GuppyError
-from guppylm.scoring import Grammar, copy_rate, distinct_n, judge
+from guppylm.scoring import Grammar, copy_rate, distinct_n, judge, uses_any
 from guppylm.tokenizer import encode_chats
 
 STYLES = ("plain", "shouting", "typos", "slang", "rambling", "emoji", "foreign", "injection",
@@ -150,6 +150,26 @@ def run_persona_test(guppy: Guppy, test: PersonaTest, persona: persona_mod.Perso
     return rows, multi
 
 
+def chance_on_topic(test: PersonaTest, persona: persona_mod.Persona, per_topic: int = 20) -> float:
+    """How often a reply drawn from a *wrong* topic would still count as on topic.
+
+    The floor that the on-topic rate should be read against: expected words that other
+    topics use too make a test easier than it looks.
+    """
+    import random
+
+    from guppylm import template
+
+    rng = random.Random(0)
+    replies = {t.name: [template.expand(rng.choice(t.replies), persona.pools, rng)
+                        for _ in range(per_topic)] for t in persona.topics}
+    rates = []
+    for prompt in test.prompts:
+        others = [r for name, rs in replies.items() if name != prompt.topic for r in rs]
+        rates.append(sum(uses_any(r, prompt.expect) for r in others) / max(1, len(others)))
+    return sum(rates) / max(1, len(rates))
+
+
 def _rate(rows: list[dict], key: str = "passed") -> float:
     return sum(r[key] for r in rows) / max(1, len(rows))
 
@@ -189,6 +209,7 @@ def evaluate_run(run: Path, data_dir: Path | None = None, quiet: bool = False) -
     metrics.update({
         "persona_pass": _rate(rows), "in_character": _rate(rows, "in_character"),
         "on_topic": _rate(rows, "on_topic"),
+        "on_topic_by_chance": chance_on_topic(test, persona),
         "well_formed": grammar.share_well_formed(replies + [m["reply"] for m in multi]),
         "distinct_1": distinct_n(replies, 1), "distinct_2": distinct_n(replies, 2),
         "copy_rate": copy_rate(replies, train_replies),
@@ -210,6 +231,7 @@ def evaluate_run(run: Path, data_dir: Path | None = None, quiet: bool = False) -
 HEADLINE = [("persona test pass", "persona_pass", "{:.1%}"),
             ("  in character", "in_character", "{:.1%}"),
             ("  on topic", "on_topic", "{:.1%}"),
+            ("  (a wrong topic's reply)", "on_topic_by_chance", "{:.1%}"),
             ("well-formed sentences", "well_formed", "{:.1%}"),
             ("multi-turn pass", "multi_turn_pass", "{:.1%}"),
             ("val loss (nats/token)", "val_loss", "{:.3f}"),

@@ -30,7 +30,8 @@ def write_report(run: Path, m: dict, rows: list[dict], multi: list[dict]) -> Non
         f"| persona test pass | {m['persona_pass']:.1%} | in character *and* on topic |",
         f"| in character | {m['in_character']:.1%} | voice rules kept, no markup, no loop, "
         "ended by itself |",
-        f"| on topic | {m['on_topic']:.1%} | used a word the prompt's author expected |",
+        f"| on topic | {m['on_topic']:.1%} | used a word the prompt's author expected "
+        f"(a reply of a wrong topic would pass {m['on_topic_by_chance']:.1%} of the time) |",
         f"| well-formed sentences | {m['well_formed']:.1%} | sentences the persona's grammar "
         "can produce |",
         f"| multi-turn pass | {m['multi_turn_pass']:.1%} | scripted conversations, every turn |",

@@ -165,3 +165,12 @@ def test_two_runs_side_by_side(two_runs, capsys):
 def test_eval_of_a_folder_that_is_no_run(tmp_path, capsys):
     code, _, err = run_cli(capsys, "eval", tmp_path)
     assert code == 2 and "config.json: missing" in err
+
+
+def test_chance_level_of_the_on_topic_score(minnow):
+    from guppylm.evaluate import PersonaTest, TestPrompt, chance_on_topic
+
+    unique = PersonaTest([TestPrompt("u hungry?", "food", "plain", ["eat", "want"])])
+    shared = PersonaTest([TestPrompt("u hungry?", "food", "plain", ["the", "water"])])
+    assert chance_on_topic(unique, minnow) == 0.0  # only food replies say eat / want
+    assert chance_on_topic(shared, minnow) > 0.5  # water and hello replies say these too
