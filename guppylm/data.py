@@ -146,8 +146,9 @@ class Composer:
 
 
 def _split_end(text: str) -> tuple[str, str]:
+    """("are you ok", "?") from "are you ok?"; a prompt of only punctuation ("...") is all body."""
     body = text.rstrip("?!.")
-    return body, text[len(body):]
+    return (body, text[len(body):]) if body.strip() else (text, "")
 
 
 def _typo(text: str, rng: random.Random) -> str:

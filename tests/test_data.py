@@ -81,6 +81,15 @@ def test_diversity_at_60k(name):
     assert len({c["topic"] for c in splits["train"]}) == len(persona.load(name).topics)
 
 
+def test_punctuation_only_prompts_are_never_emptied(tiny_persona):
+    text = tiny_persona.read_text()
+    text = text.replace('prompts = ["hi", "hello[ there]"', 'prompts = ["...", "?"')
+    tiny_persona.write_text(text)
+    splits = data.generate(persona.load(str(tiny_persona)), data.DataConfig(n=2000))
+    prompts = [u for s in splits.values() for c in s for u, _ in turns(c)]
+    assert all(prompts) and {"...", "?"} & set(prompts)
+
+
 def test_prompts_vary_in_style():
     splits = data.generate(persona.load("guppy"), data.DataConfig(n=5000))
     prompts = [turns(c)[0][0] for c in splits["train"]]
