@@ -38,7 +38,8 @@ def model_weights(model: GPT) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(run: Path, model: GPT, opt: torch.optim.Optimizer, step: int,
-                    total: int) -> None:
+                    total: int, **extra) -> None:
+    """Everything `--resume` needs; `extra` (JSON values) rides along in the metadata."""
     tensors = {f"model.{k}": v for k, v in model_weights(model).items()}
     for i, p in enumerate(model.parameters()):
         state = opt.state.get(p, {})
@@ -48,11 +49,12 @@ def save_checkpoint(run: Path, model: GPT, opt: torch.optim.Optimizer, step: int
     tensors["rng.torch"] = torch.get_rng_state()
     opt_steps = [float(opt.state[p]["step"]) for p in model.parameters() if p in opt.state]
     save_atomic(tensors, run / "checkpoint.safetensors",
-                {"step": step, "total_steps": total, "opt_steps": opt_steps})
+                {"step": step, "total_steps": total, "opt_steps": opt_steps, **extra})
 
 
-def load_checkpoint(run: Path, model: GPT, opt: torch.optim.Optimizer) -> tuple[int, int]:
-    """Restore weights, optimizer moments and RNG; return (next step, total steps)."""
+def load_checkpoint(run: Path, model: GPT, opt: torch.optim.Optimizer) -> dict:
+    """Restore weights, optimizer moments and RNG; return the metadata (step, total_steps
+    and what was saved with them)."""
     path = run / "checkpoint.safetensors"
     if not path.is_file():
         raise GuppyError(f"{path}: missing; nothing to resume, start without --resume")
@@ -68,7 +70,7 @@ def load_checkpoint(run: Path, model: GPT, opt: torch.optim.Optimizer) -> tuple[
                             "exp_avg": tensors[f"opt.{i}.exp_avg"].to(p.device),
                             "exp_avg_sq": tensors[f"opt.{i}.exp_avg_sq"].to(p.device)}
     torch.set_rng_state(tensors["rng.torch"])
-    return meta["step"], meta["total_steps"]
+    return meta
 
 
 def write_config(run: Path, cfg, model_cfg: GPTConfig, extra: dict) -> None:

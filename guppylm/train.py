@@ -69,11 +69,12 @@ class TrainConfig:
 
 # ----------------------------------------------------------------------------- schedule
 
-def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    """Linear warmup, then cosine decay to lr * min_lr_ratio at the last step."""
+def lr_at(step: int, progress: float, cfg: TrainConfig) -> float:
+    """Linear warmup over the first steps, then cosine decay to lr * min_lr_ratio as
+    `progress` (the share of the run after warmup, in steps or in time) goes from 0 to 1."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    progress = min(1.0, (step - cfg.warmup) / max(1, total - cfg.warmup))
+    progress = min(1.0, max(0.0, progress))
     floor = cfg.lr * cfg.min_lr_ratio
     return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -180,9 +181,17 @@ def train(cfg: TrainConfig) -> GPT:
     stream = BatchStream(examples, cfg.batch_tokens, cfg.seed, tok.end_id)
     val_batches = _eval_batches(val_examples, cfg, tok.end_id)
 
-    step, total = 0, cfg.steps
+    # A run is planned in steps, or (--minutes) in wall time: then the cosine follows the
+    # clock, so the run uses its budget fully whatever the speed of the machine.
+    step, total, elapsed_before, warm_s = 0, cfg.steps, 0.0, None
+    budget = 0.97 * cfg.minutes * 60 if cfg.minutes else None
+    if budget:
+        total = 10**9  # until the time is up
     if cfg.resume:
-        step, total = load_checkpoint(run, model, opt)
+        meta = load_checkpoint(run, model, opt)
+        step, total = meta["step"], meta["total_steps"]
+        elapsed_before, warm_s = meta.get("elapsed_s", 0.0), meta.get("warm_s")
+        budget = meta.get("budget_s")
         _truncate_metrics(run / "metrics.jsonl", step)
     elif main_process:
         write_config(run, cfg, model_cfg, {"persona_name": _persona_name(Path(cfg.data)),
@@ -193,7 +202,8 @@ def train(cfg: TrainConfig) -> GPT:
         print(f"training {cfg.preset} ({model.num_params() / 1e6:.2f}M parameters, vocabulary "
               f"{tok.vocab_size:,}) on {device} ({amp or torch.float32}), "
               f"{len(examples):,} conversations, {stream.per_epoch:,} batches an epoch"
-              + (f", {world} processes" if world > 1 else ""))
+              + (f", {world} processes" if world > 1 else "")
+              + (f", for {budget / 60:.1f} minutes" if budget else ""))
 
     forward = model
     if world > 1:
@@ -207,21 +217,21 @@ def train(cfg: TrainConfig) -> GPT:
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             return net(x.to(device), y.to(device))
 
+    def progress(elapsed: float) -> float:
+        if budget is None:
+            return (step - cfg.warmup) / max(1, total - cfg.warmup)
+        return (elapsed - warm_s) / max(1e-9, budget - warm_s) if warm_s is not None else 0.0
+
     metrics = open(run / "metrics.jsonl", "a") if main_process else None
-    bar = tqdm(total=total, initial=step, disable=not main_process or cfg.quiet,
-               unit="step", dynamic_ncols=True, mininterval=0.2 if _is_tty() else 5.0)
-    start, tokens_done, real_done = time.perf_counter(), 0, 0
-    # With a time budget, the step count is set once the speed is known: timed over the
-    # warmup (whose learning rates do not depend on the total), after the slow first steps,
-    # and set again 150 steps later, while the cosine has barely begun to decay.
-    calibrating = bool(cfg.minutes) and not cfg.resume
-    calibrate_from, calibrate_at = step + 3, max(step + 10, cfg.warmup)
-    mark, calibrations_left = 0.0, 2
+    bar = tqdm(total=None if budget else total, initial=step, unit="step", dynamic_ncols=True,
+               disable=not main_process or cfg.quiet, mininterval=0.2 if _is_tty() else 5.0)
+    start, tokens_done, real_done = time.perf_counter() - elapsed_before, 0, 0
     model.train()
     while step < total:
         x, y, real = stream.get(step, rank, world)
+        elapsed = time.perf_counter() - start
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, total, cfg)
+            group["lr"] = lr_at(step, progress(elapsed), cfg)
         loss = loss_of(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -230,28 +240,21 @@ def train(cfg: TrainConfig) -> GPT:
         step += 1
         tokens_done += x.numel() * world
         real_done += real * world
-        elapsed = time.perf_counter() - start
-        if calibrating and step == calibrate_from:
-            mark = elapsed
-        if calibrating and step == calibrate_at:  # fit the remaining steps into the budget
-            per_step = (elapsed - mark) / (calibrate_at - calibrate_from)
-            total = _steps_for_budget(step, elapsed, per_step, cfg, len(val_batches))
-            calibrations_left -= 1
-            calibrate_from, calibrate_at, mark = step, step + 150, elapsed
-            calibrating = calibrations_left > 0 and calibrate_at < total
-            if world > 1:  # every rank must stop at the same step: rank 0 decides
-                agreed = torch.tensor([total], device=device)
-                dist.broadcast(agreed, src=0)
-                total = int(agreed)
-            bar.total = total
+        elapsed = _agreed(time.perf_counter() - start, world, device)  # ranks stop together
+        if warm_s is None and step >= cfg.warmup:
+            warm_s = elapsed
+        if budget and elapsed >= budget:
+            total = step  # time is up: this is the last step
         if main_process:
             loss_value = loss.item()
-            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{real_done / elapsed:,.0f}")
+            run_time = elapsed - elapsed_before
+            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{real_done / run_time:,.0f}",
+                            **({"left": f"{max(0, budget - elapsed):.0f}s"} if budget else {}))
             bar.update(1)
             metrics.write(json.dumps({"step": step, "loss": round(loss_value, 4),
                                       "lr": opt.param_groups[0]["lr"],
-                                      "tokens_per_s": round(tokens_done / elapsed),
-                                      "real_tokens_per_s": round(real_done / elapsed),
+                                      "tokens_per_s": round(tokens_done / run_time),
+                                      "real_tokens_per_s": round(real_done / run_time),
                                       "elapsed_s": round(elapsed, 2)}) + "\n")
         if step % cfg.eval_every == 0 or step == total:
             val = evaluate(model, val_batches, loss_of)
@@ -260,7 +263,8 @@ def train(cfg: TrainConfig) -> GPT:
                 bar.write(f"step {step:>5}: train loss {loss.item():.3f}, val loss {val:.3f}")
         if main_process and (step % cfg.checkpoint_every == 0 or step == total):
             metrics.flush()
-            save_checkpoint(run, model, opt, step, total)
+            save_checkpoint(run, model, opt, step, total, elapsed_s=elapsed, warm_s=warm_s,
+                            budget_s=budget)
     bar.close()
     if main_process:
         metrics.close()
@@ -283,12 +287,13 @@ def _persona_name(data_dir: Path) -> str:
         return "guppy"
 
 
-def _steps_for_budget(step: int, elapsed: float, per_step: float, cfg: TrainConfig,
-                      n_val: int) -> int:
-    per_eval = per_step * n_val / 3  # a forward pass costs about a third of a step
-    budget = 0.92 * cfg.minutes * 60 - elapsed  # a margin for a busy machine and the saving
-    steps_left = budget / (per_step + per_eval / cfg.eval_every)
-    return max(step + 1, min(cfg.steps, step + int(steps_left)))
+def _agreed(elapsed: float, world: int, device: torch.device) -> float:
+    """The largest elapsed time over all ranks, so that a time budget ends them together."""
+    if world == 1:
+        return elapsed
+    t = torch.tensor([elapsed], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
 
 
 @torch.no_grad()

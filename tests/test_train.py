@@ -241,3 +241,14 @@ def test_corrupt_or_mismatched_weights(data_dir, tmp_path, capsys):
     save_file({"wte.weight": torch.zeros(3, 3)}, str(run / "model.safetensors"))
     code, _, err = run_cli(capsys, "chat", "--model", run, "--prompt", "hi")
     assert code == 2 and "do not match config.json" in err
+
+
+def test_a_time_budget_ends_on_time_with_the_schedule_run_out(data_dir, tmp_path):
+    run = tmp_path / "run"
+    start = time.perf_counter()
+    train(tiny(data_dir, run, minutes=0.1, warmup=3, eval_every=1000))
+    took = time.perf_counter() - start
+    rows = [m for m in metrics(run) if "loss" in m]
+    assert 0.1 * 60 * 0.9 < rows[-1]["elapsed_s"] <= 0.1 * 60 + 2 and took < 30
+    assert len(rows) > 10
+    assert rows[-1]["lr"] < 0.25 * 1e-2  # the cosine followed the clock down to its floor
