@@ -132,8 +132,10 @@ def main() -> None:
     tok = train_tokenizer(chat_texts(convs), 4096)
     examples = encode_examples(tok, convs, 256)
     used_ids = {i for ids, _ in examples for i in ids}
-    print(f"vocabulary: 4,096 asked, {tok.vocab_size:,} learned; "
-          f"{tok.vocab_size - len(used_ids):,} rows unused in this sample (byte fallbacks)")
+    unused = set(range(tok.vocab_size)) - used_ids
+    n_bytes = sum(1 for i in unused if i < 259)
+    print(f"vocabulary: 4,096 asked, {tok.vocab_size:,} kept; {len(unused):,} rows unused here: "
+          f"{n_bytes} byte tokens (kept for unseen characters), {len(unused) - n_bytes} merges")
 
     # the anchor: vocab 4096, 32 random conversations padded to the longest, full head
     rng = random.Random(0)
@@ -185,7 +187,7 @@ def main() -> None:
     # chat history of 100 tokens; untrained weights, since speed does not depend on them
     history = [i for ids, _ in examples[:20] for i in ids][:100]
     sampling = SamplingConfig(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=100, seed=0)
-    for preset in ("guppy-9m", "guppy-4m", "guppy-2m"):
+    for preset in ("guppy-9m", "guppy-2m", "guppy-1m"):
         cfg = GPTConfig(**{**vars(PRESETS[preset]), "vocab_size": tok.vocab_size})
         gen_model = GPT(cfg).to(dev).eval()
         for prompt in (history[:20], history):

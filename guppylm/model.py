@@ -34,6 +34,7 @@ PRESETS = {
     "guppy-9m": GPTConfig(n_layer=6, n_head=6, d_model=384, d_mlp=768, context=256),
     "guppy-4m": GPTConfig(n_layer=4, n_head=4, d_model=256, d_mlp=1024, context=256),
     "guppy-2m": GPTConfig(n_layer=4, n_head=4, d_model=192, d_mlp=768, context=256),
+    "guppy-1m": GPTConfig(n_layer=4, n_head=4, d_model=128, d_mlp=512, context=256),
     "guppy-tiny": GPTConfig(n_layer=2, n_head=2, d_model=32, d_mlp=64, context=128),  # tests
 }
 
