@@ -145,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a tokenizer and a model on generated data",
                        description="Train into a run folder; `--resume` continues after a crash.")
     p.add_argument("--data", help="data folder from `guppy data` (default: data)")
-    p.add_argument("--run", help="run folder to write (default: runs/guppy)")
+    # --run-dir too: under torchrun, its own parser takes --run for --run-path
+    p.add_argument("--run", "--run-dir", dest="run",
+                   help="run folder to write (default: runs/guppy)")
     add_train_args(p)
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", action="store_true", default=None,

@@ -252,3 +252,16 @@ def test_a_time_budget_ends_on_time_with_the_schedule_run_out(data_dir, tmp_path
     assert 0.1 * 60 * 0.9 < rows[-1]["elapsed_s"] <= 0.1 * 60 + 2 and took < 30
     assert len(rows) > 10
     assert rows[-1]["lr"] < 0.25 * 1e-2  # the cosine followed the clock down to its floor
+
+
+def test_torchrun_two_processes_end_to_end(data_dir, tmp_path):
+    run = tmp_path / "run"
+    torchrun = [sys.executable, "-m", "torch.distributed.run"]  # what `torchrun` runs
+    r = subprocess.run([*torchrun, "--nproc_per_node", "2", "-m", "guppylm", "train",
+                        "--data", str(data_dir), "--run-dir", str(run), "--preset", "guppy-tiny",
+                        "--steps", "6", "--eval-every", "3", "--device", "cpu", "--quiet"],
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (run / "model.safetensors").is_file()
+    assert [m["step"] for m in metrics(run) if "loss" in m] == list(range(1, 7))
