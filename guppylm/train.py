@@ -249,7 +249,8 @@ def train(cfg: TrainConfig) -> GPT:
             loss_value = loss.item()
             run_time = elapsed - elapsed_before
             bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{real_done / run_time:,.0f}",
-                            **({"left": f"{max(0, budget - elapsed):.0f}s"} if budget else {}))
+                            **({"left": f"{max(0, budget - elapsed):.0f}s"} if budget else {}),
+                            refresh=False)  # the bar redraws at its own pace
             bar.update(1)
             metrics.write(json.dumps({"step": step, "loss": round(loss_value, 4),
                                       "lr": opt.param_groups[0]["lr"],
