@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import unicodedata
 
-ROLES = ("user", "assistant")
 _SPACES = re.compile(r"\s+")
 
 

@@ -21,13 +21,12 @@ import torch
 
 from guppylm import data as data_mod
 from guppylm import persona as persona_mod
-from guppylm.batching import IGNORE, collate, make_batches
+from guppylm.batching import IGNORE, collate, encode_examples, make_batches
 from guppylm.chat import Guppy
 from guppylm.chat_format import turns
 from guppylm.checkpoint import read_config
 from guppylm.errors import GuppyError
 from guppylm.scoring import Grammar, copy_rate, distinct_n, judge, uses_any
-from guppylm.tokenizer import encode_chats
 
 STYLES = ("plain", "shouting", "typos", "slang", "rambling", "emoji", "foreign", "injection",
           "minimal")
@@ -104,12 +103,7 @@ def split_loss(guppy: Guppy, conversations: list[dict],
     tokenizers compare fairly.
     """
     model, tok = guppy.model, guppy.tok
-    context = model.cfg.context
-    examples = []
-    for ids, mask in encode_chats(tok, conversations):
-        ids, mask = ids[: context + 1], mask[: context + 1]
-        examples.append((ids[:-1], [t if m else IGNORE for t, m in zip(ids[1:], mask[1:],
-                                                                         strict=True)]))
+    examples = encode_examples(tok, conversations, model.cfg.context)
     total_nats, tokens = 0.0, 0
     for batch in make_batches(examples, batch_tokens, seed=0):
         x, y = collate(examples, batch, tok.end_id)

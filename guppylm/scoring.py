@@ -94,7 +94,7 @@ class Grammar:
         self.regex = re.compile("|".join(f"(?:{p})" for p in sorted(patterns)))
 
     def well_formed(self, sentence: str) -> bool:
-        return self.regex.fullmatch(_squash(sentence)) is not None
+        return self.regex.fullmatch(template.tidy(sentence)) is not None
 
     def share_well_formed(self, replies: list[str]) -> float:
         sentences = [s for r in replies for s in split_sentences(r)]
@@ -104,7 +104,8 @@ class Grammar:
         parts = []
         for node in nodes:
             if isinstance(node, template.Text):
-                parts.append(" ?".join(re.escape(w) for w in _squash(node.text).split(" ")))
+                words = template.tidy(node.text).split(" ")
+                parts.append(" ?".join(re.escape(w) for w in words))
             elif isinstance(node, template.Slot):
                 parts.append(self._slot(node.name))
             elif isinstance(node, template.Choice):
@@ -118,11 +119,6 @@ class Grammar:
             options = sorted({self._regex(entry) for entry in self.pools[name]})
             self._slot_regex[name] = "(?:" + "|".join(options) + ")"
         return self._slot_regex[name]
-
-
-def _squash(text: str) -> str:
-    """Spaces as `template.tidy` leaves them, with none at the ends of a piece."""
-    return template.tidy(text)
 
 
 def _sentences(nodes: tuple, pools: dict) -> list[tuple]:

@@ -302,7 +302,7 @@ def evaluate(model: GPT, batches: list[tuple], loss_of) -> float:
     """Mean loss over the assistant tokens of fixed validation batches."""
     model.eval()
     total, count = 0.0, 0
-    for x, y, _ in batches:
+    for x, y in batches:
         n = int((y != IGNORE).sum())
         total += loss_of(x, y, model).item() * n
         count += n
@@ -317,7 +317,7 @@ def _eval_batches(examples: list[tuple], cfg: TrainConfig, pad_id: int) -> list[
         if tokens >= cfg.eval_tokens:
             break
         x, y = collate(examples, batch, pad_id)
-        picked.append((x, y, 0))
+        picked.append((x, y))
         tokens += x.numel()
     return picked
 

@@ -174,3 +174,13 @@ def test_chance_level_of_the_on_topic_score(minnow):
     shared = PersonaTest([TestPrompt("u hungry?", "food", "plain", ["the", "water"])])
     assert chance_on_topic(unique, minnow) == 0.0  # only food replies say eat / want
     assert chance_on_topic(shared, minnow) > 0.5  # water and hello replies say these too
+
+
+def test_eval_without_a_persona_test_says_how_to_add_one(two_runs, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(two_runs / "b", run)
+    (run / "persona.test.toml").unlink()
+    code, _, err = run_cli(capsys, "eval", run, "--data", two_runs / "data")
+    assert code == 2 and "persona.test.toml: missing" in err and err.count("\n") == 1

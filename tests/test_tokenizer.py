@@ -58,3 +58,8 @@ def test_unreadable_tokenizer_file(tmp_path):
     bad.write_text("{nope")
     with pytest.raises(GuppyError, match="not a readable tokenizer.json"):
         Tokenizer.load(bad)
+
+
+def test_a_vocabulary_too_small_for_bytes_is_refused(tiny_data):
+    with pytest.raises(GuppyError, match="--vocab-size 100: too small"):
+        train_tokenizer(chat_texts(tiny_data["train"]), vocab_size=100)
