@@ -26,7 +26,7 @@ from pathlib import Path
 from guppylm import template
 from guppylm.chat_format import conversation, normalize_user_text, turns
 from guppylm.errors import GuppyError
-from guppylm.persona import Persona, Topic
+from guppylm.persona import SUBJECT, Persona, Topic
 
 SPLITS = ("train", "val", "test")
 
@@ -48,6 +48,7 @@ class DataConfig:
     sentence_case_rate: float = 0.15
     shout_rate: float = 0.10  # ALL CAPS: byte-level BPE spells these with other tokens
     typo_rate: float = 0.08  # one word with a swapped, dropped or doubled letter
+    about_rate: float = 0.25  # prompts that put one of the topic's subjects in an `about` frame
 
 
 def split_phrasings(prompts: list[tuple], key: str, seed: int) -> dict[str, list[tuple]]:
@@ -75,6 +76,8 @@ class Composer:
         self.phrasings = {t.name: split_phrasings(t.prompts, t.name, cfg.seed)
                           for t in persona.topics}
         self.followups = split_phrasings(persona.followups, "followups", cfg.seed)
+        self.subjects = {t.name: split_phrasings(t.subjects, f"{t.name}:subjects", cfg.seed)
+                         for t in persona.topics if t.subjects}
         total, self.cumulative = 0.0, []
         for topic in persona.topics:
             total += topic.weight
@@ -88,9 +91,9 @@ class Composer:
             if topic is not other_than or len(topics) == 1:
                 return topic
 
-    def expand(self, templates: list[tuple]) -> str:
+    def expand(self, templates: list[tuple], pools: dict | None = None) -> str:
         nodes = templates[int(self.rng.random() * len(templates))]
-        return template.expand(nodes, self.persona.pools, self.rng)
+        return template.expand(nodes, pools or self.persona.pools, self.rng)
 
     def conversation(self, split: str) -> dict:
         topic = self.pick_topic()
@@ -108,6 +111,11 @@ class Composer:
         return conversation(pairs, first.name)
 
     def prompt(self, topic: Topic, split: str) -> str:
+        if topic.name in self.subjects and self.persona.about \
+                and self.rng.random() < self.cfg.about_rate:
+            # "what about {subject}?": many short prompts whose only clue is the topic's word
+            pools = {**self.persona.pools, SUBJECT: self.subjects[topic.name][split]}
+            return self.styled(self.expand(self.persona.about, pools))
         return self.styled(self.expand(self.phrasings[topic.name][split]))
 
     def styled(self, text: str) -> str:

@@ -6,8 +6,9 @@ Layout of a persona file (see README.md, "Write your own persona"):
     description = "..."             # one line, for people
     [voice]    lowercase, max_words # rules every reply must follow
     [user]     names, openers, followups, preambles, emoji   # how people talk to it
+               about = ["what about {subject}?", ...]  # frames for a topic's subjects
     [slots]    pool = ["...", ...]  # word pools that templates draw from with {pool}
-    [[topics]] name, prompts, replies, more (optional), weight (optional)
+    [[topics]] name, prompts, replies, more, subjects, weight (all but the first three optional)
 
 Every template is checked here, once, so that generation never meets a surprise: an
 unknown or recursive slot, an empty pool, a topic without prompts or replies, or a reply
@@ -29,8 +30,9 @@ MIN_PROMPTS = 3  # a topic needs phrasings for train, and held-out ones for val 
 
 _TOP_KEYS = {"name", "description", "voice", "user", "slots", "topics"}
 _VOICE_KEYS = {"lowercase", "max_words"}
-_USER_KEYS = {"names", "openers", "followups", "preambles", "emoji"}
-_TOPIC_KEYS = {"name", "prompts", "replies", "more", "weight"}
+_USER_KEYS = {"names", "openers", "followups", "preambles", "emoji", "about"}
+_TOPIC_KEYS = {"name", "prompts", "replies", "more", "subjects", "weight"}
+SUBJECT = "subject"  # the slot an `about` frame leaves for a topic's subjects
 
 
 @dataclass
@@ -39,6 +41,7 @@ class Topic:
     prompts: list[tuple]  # parsed templates; held-out phrasings are chosen among these
     replies: list[tuple]
     more: list[tuple]  # answers to a follow-up ("why?", "tell me more"); may be empty
+    subjects: list[tuple] = field(default_factory=list)  # words for it, for the `about` frames
     weight: float = 1.0
 
 
@@ -55,6 +58,7 @@ class Persona:
     followups: list[tuple]
     preambles: list[str]  # unrelated lead-ins ("long day today.") said before some prompts
     emoji: list[str]
+    about: list[tuple]  # frames like "what about {subject}?", filled with a topic's subjects
     pools: dict[str, list[tuple]]
     topics: list[Topic] = field(default_factory=list)
 
@@ -106,6 +110,9 @@ def _build(data: dict, where: str, source: str) -> Persona:
         raise GuppyError(f"{where}: [voice] max_words: must be a whole number of at least 1")
 
     pools = _parse_slots(_table(data, "slots", where), where)
+    if SUBJECT in pools:
+        raise GuppyError(f"{where}: [slots] {SUBJECT}: this name is kept for a topic's subjects "
+                         "in [user] about; rename the pool")
     topics_raw = data.get("topics")
     if not isinstance(topics_raw, list) or not topics_raw:
         raise GuppyError(f"{where}: no topics; add at least one [[topics]] table")
@@ -122,6 +129,7 @@ def _build(data: dict, where: str, source: str) -> Persona:
         emoji=_strings(user, "emoji", f"{where}: [user]"),
         followups=[_parse(t, pools, f"{where}: [user] followups[{i}]")
                    for i, t in enumerate(_strings(user, "followups", f"{where}: [user]"))],
+        about=_parse_about(user, pools, f"{where}: [user]"),
         pools=pools,
     )
     seen: set[str] = set()
@@ -131,6 +139,10 @@ def _build(data: dict, where: str, source: str) -> Persona:
             raise GuppyError(f"{where}: topic '{topic.name}': name used twice; rename one")
         seen.add(topic.name)
         _check_voice(persona, topic, where)
+        if topic.subjects and not persona.about:
+            raise GuppyError(f"{where}: topic '{topic.name}', subjects: given, but [user] about "
+                             "has no frames to put them in; add about = [\"what about "
+                             "{subject}?\", ...]")
         persona.topics.append(topic)
     return persona
 
@@ -151,6 +163,17 @@ def _parse_slots(slots: dict, where: str) -> dict[str, list[tuple]]:
             _check_slots_exist(entry, pools, f"{where}: [slots] {name}[{j}]")
     _check_no_recursion(pools, where)
     return pools
+
+
+def _parse_about(user: dict, pools: dict, at: str) -> list[tuple]:
+    frames = []
+    for i, text in enumerate(_strings(user, "about", at)):
+        nodes = _parse(text, {**pools, SUBJECT: []}, f"{at} about[{i}]")
+        if SUBJECT not in template.slots_used(nodes):
+            raise GuppyError(f"{at} about[{i}]: no {{{SUBJECT}}} in '{text}'; a frame must "
+                             f"say where the topic's subject goes")
+        frames.append(nodes)
+    return frames
 
 
 def _parse_topic(raw: object, i: int, pools: dict, where: str) -> Topic:
@@ -177,7 +200,9 @@ def _parse_topic(raw: object, i: int, pools: dict, where: str) -> Topic:
 
     return Topic(name=name, prompts=parse_all("prompts", prompts),
                  replies=parse_all("replies", replies),
-                 more=parse_all("more", _strings(raw, "more", at)), weight=float(weight))
+                 more=parse_all("more", _strings(raw, "more", at)),
+                 subjects=parse_all("subjects", _strings(raw, "subjects", at)),
+                 weight=float(weight))
 
 
 def _parse(text: str, pools: dict | None, at: str) -> tuple:

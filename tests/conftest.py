@@ -21,6 +21,7 @@ TINY_PERSONA = textwrap.dedent('''
     names = ["minnow", "little one"]
     openers = ["hey", "so"]
     followups = ["why?", "(really|truly)?", "tell me more"]
+    about = ["what about {subject}?", "{subject}?"]
 
     [slots]
     food = ["flakes", "pellets", "a (small|tiny) worm"]
@@ -32,6 +33,7 @@ TINY_PERSONA = textwrap.dedent('''
                "what is your favorite (food|snack)?", "(is it|when is) dinner time?"]
     replies = ["i eat {food}. [{food} is the best.]", "yes. [always. ]i want {food}."]
     more = ["because {food} is good."]
+    subjects = ["snacks", "dinner", "(the|your) flakes", "worms", "breakfast", "feeding time"]
 
     [[topics]]
     name = "water"

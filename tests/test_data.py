@@ -33,7 +33,8 @@ def test_test_prompts_come_only_from_held_out_phrasings(tiny_persona):
     """With no styling, every first prompt is a plain expansion of its split's templates."""
     p = persona.load(str(tiny_persona))
     plain = data.DataConfig(n=400, seed=3, name_rate=0, opener_rate=0, bare_rate=0,
-                            double_rate=0, sentence_case_rate=0, shout_rate=0, typo_rate=0)
+                            double_rate=0, sentence_case_rate=0, shout_rate=0, typo_rate=0,
+                            about_rate=0)
     splits = data.generate(p, plain)
     composer = data.Composer(p, plain)
     for split in ("val", "test"):
@@ -43,6 +44,28 @@ def test_test_prompts_come_only_from_held_out_phrasings(tiny_persona):
             train = {data.template.tidy(e) for e in _all_expansions(composer, topic, "train")}
             first = turns(conv)[0][0]
             assert first in held_out and first not in train
+
+
+def test_subjects_fill_the_about_frames_and_are_held_out(tiny_persona):
+    """A topic's subjects are split like its phrasings: val/test ask about unseen subjects."""
+    p = persona.load(str(tiny_persona))
+    unstyled = data.DataConfig(seed=0, name_rate=0, opener_rate=0, bare_rate=0, double_rate=0,
+                               sentence_case_rate=0, shout_rate=0, typo_rate=0, preamble_rate=0,
+                               emoji_rate=0, about_rate=1.0)
+    composer = data.Composer(p, unstyled)
+    food = next(t for t in p.topics if t.name == "food")
+    words = {split: {data.template.tidy(e) for e in _all_expansions_of(
+        composer, composer.subjects["food"][split])} for split in data.SPLITS}
+    assert all(words.values()) and not words["train"] & words["test"]
+    prompts = {composer.prompt(food, "test").strip("?") for _ in range(200)}
+    prompts = {q.removeprefix("what about ") for q in prompts}
+    assert prompts <= words["test"] and prompts  # only held-out subjects, in the frames
+    water = next(t for t in p.topics if t.name == "water")  # no subjects: its own phrasings
+    assert all("about" not in composer.prompt(water, "train") for _ in range(50))
+
+
+def _all_expansions_of(composer, templates, n=200):
+    return {composer.expand(templates) for _ in range(n)}
 
 
 def _all_expansions(composer, topic, split, n=200):

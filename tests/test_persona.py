@@ -53,6 +53,14 @@ BAD_PERSONAS = {
     "bad template": (broken("i eat {food}.", "i eat (food."),
                      "topic 'food', replies[0]: '(' at character 7 is never closed"),
     "no topics": (TINY_PERSONA.split("[[topics]]")[0], "no topics"),
+    "frame without subject": (broken('about = ["what about {subject}?"', 'about = ["what about?"'),
+                              "[user] about[0]: no {subject} in 'what about?'"),
+    "subjects without frames": (broken('about = ["what about {subject}?", "{subject}?"]', ""),
+                                "topic 'food', subjects: given, but [user] about has no frames"),
+    "pool named subject": (broken('[slots]', '[slots]\nsubject = ["x"]'),
+                           "[slots] subject: this name is kept"),
+    "unknown slot in a subject": (broken('"dinner"', '"{dinnr}"'),
+                                  "topic 'food', subjects[1]: unknown slot {dinnr}"),
 }
 
 
