@@ -10,7 +10,7 @@ interactive `guppy chat` loop.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -97,20 +97,25 @@ class Guppy:
     def respond(self, messages: list[dict], **overrides) -> tuple[str, bool]:
         """(reply, ended): ended is False when the reply ran into the length limit or the
         model began another turn instead of ending its own (evaluation counts both)."""
-        cfg = replace(self.sampling, **overrides)
-        tokens = list(self._tokens(messages, cfg))
-        return self.tok.decode(tokens).strip(), self._ended
+        tokens: list[int] = []
+        generator = self._tokens(messages, replace(self.sampling, **overrides))
+        while True:
+            try:
+                tokens.append(next(generator))
+            except StopIteration as stop:  # the generator's return value: did it end?
+                return self.tok.decode(tokens).strip(), stop.value
 
-    def _tokens(self, messages: list[dict], cfg: SamplingConfig) -> Iterator[int]:
+    def _tokens(self, messages: list[dict], cfg: SamplingConfig) -> Generator[int, None, bool]:
+        """Yield the reply's tokens; return True if the model ended its turn itself."""
         ids = self.prompt_ids(messages, cfg.max_new_tokens)
         limit = min(cfg.max_new_tokens, self.model.cfg.context - len(ids))
-        self._ended, count = False, 0
+        count = 0
         for token in stream(self.model, ids, cfg, stop_ids=(self.tok.end_id,)):
             if token in (self.tok.user_id, self.tok.assistant_id):
-                return  # the model tried to start a new turn itself
+                return False  # the model tried to start a new turn itself
             count += 1
             yield token
-        self._ended = count < limit  # fewer than the limit: it stopped at <|end|>
+        return count < limit  # fewer than the limit: it stopped at <|end|>
 
     def chat(self, messages: list[dict], **overrides) -> str:
         """The assistant's next reply to a conversation."""

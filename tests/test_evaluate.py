@@ -184,3 +184,29 @@ def test_eval_without_a_persona_test_says_how_to_add_one(two_runs, tmp_path, cap
     (run / "persona.test.toml").unlink()
     code, _, err = run_cli(capsys, "eval", run, "--data", two_runs / "data")
     assert code == 2 and "persona.test.toml: missing" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("stream_gives, ended", [
+    ("two tokens then <|end|>", True),
+    ("tokens up to the length limit", False),
+    ("a token then <|user|>", False),
+])
+def test_respond_says_whether_the_model_ended_its_turn(tiny_persona, monkeypatch,
+                                                        stream_gives, ended):
+    from guppylm import chat
+    from guppylm.model import GPT, PRESETS, GPTConfig
+    from guppylm.tokenizer import chat_texts, train_tokenizer
+
+    convs = data.generate(persona.load(str(tiny_persona)), data.DataConfig(n=200))["train"]
+    tok = train_tokenizer(chat_texts(convs))
+    model = GPT(GPTConfig(**{**vars(PRESETS["guppy-tiny"]), "vocab_size": tok.vocab_size}))
+    a, b = tok.encode("hi")[0], tok.encode("ok")[0]
+    tokens = {"two tokens then <|end|>": [a, b],  # `stream` stops at <|end|> itself
+              "tokens up to the length limit": [a, b, a, b],
+              "a token then <|user|>": [a, tok.user_id, b]}[stream_gives]
+    monkeypatch.setattr(chat, "stream", lambda *args, **kw: iter(tokens))
+    reply, did_end = Guppy(model, tok).respond([{"role": "user", "content": "hi"}],
+                                               max_new_tokens=4)
+    assert did_end is ended
+    kept = tokens[:tokens.index(tok.user_id)] if tok.user_id in tokens else tokens
+    assert reply == tok.decode(kept).strip()
