@@ -66,13 +66,15 @@ def _train_config(args: argparse.Namespace, **overrides):
 
 def _sampling(args: argparse.Namespace) -> dict:
     return {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-            "max_new_tokens": args.max_new_tokens, "seed": args.seed}
+            "max_new_tokens": args.max_new_tokens, "seed": args.seed,
+            "topic_temperature": args.topic_temperature}
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
     from guppylm.chat import Guppy, interactive
 
-    interactive(Guppy.load(args.model, **_sampling(args)), prompt=args.prompt)
+    interactive(Guppy.load(args.model, **_sampling(args)), prompt=args.prompt,
+                show_topic=args.show_topic)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -97,6 +99,8 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--max-new-tokens", type=_positive_int, default=80)
     p.add_argument("--seed", type=int, default=None, help="fixed seed for repeatable replies")
+    p.add_argument("--topic-temperature", type=float, default=0.0,
+                   help="for the topic the model names before replying (0 = the likeliest)")
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -159,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("chat", help="talk to a trained model")
     p.add_argument("--model", default="runs/guppy", help="run folder (default: runs/guppy)")
     p.add_argument("--prompt", help="print one reply to this message and exit")
+    p.add_argument("--show-topic", action="store_true",
+                   help="show the topic the model names before each reply, e.g. [food]")
     add_sampling_args(p)
     p.set_defaults(func=cmd_chat)
 

@@ -1,9 +1,10 @@
 """The data composer: a persona file in, tens of thousands of conversations out.
 
 Three ideas keep the data varied and the evaluation honest:
-1. User prompts are *composed*: a topic's phrasing template, plus at random the
-   character's name, an opener, an unrelated lead-in, dropped or doubled punctuation,
-   capitals, shouting, an emoji and a typo. So the model meets many ways of saying the same thing.
+1. User prompts are *composed*: a topic's phrasing template or one of its subjects in a
+   generic frame, plus at random the character's name, an opener, an unrelated lead-in,
+   dropped or doubled punctuation, an emoji and a typo. So the model meets many ways of
+   saying the same thing. (Case is folded: see `normalize_user_text`.)
 2. About a fifth of conversations run 2-4 turns: follow-ups ("why?", "tell me more")
    answered from the topic's `more` replies, or a switch to another topic.
 3. Splits are held out by *phrasing*: each topic's prompt templates (and the follow-up
@@ -45,8 +46,6 @@ class DataConfig:
     emoji_rate: float = 0.06  # prompts with an emoji before or after
     bare_rate: float = 0.25  # prompts whose end punctuation is dropped
     double_rate: float = 0.08  # prompts that end "??" or "!!"
-    sentence_case_rate: float = 0.15
-    shout_rate: float = 0.10  # ALL CAPS: byte-level BPE spells these with other tokens
     typo_rate: float = 0.08  # one word with a swapped, dropped or doubled letter
     about_rate: float = 0.25  # prompts that put one of the topic's subjects in an `about` frame
 
@@ -97,18 +96,18 @@ class Composer:
 
     def conversation(self, split: str) -> dict:
         topic = self.pick_topic()
-        first = topic
-        pairs = [(self.prompt(topic, split), self.expand(topic.replies))]
+        exchanges = [(self.prompt(topic, split), self.expand(topic.replies), topic.name)]
         if self.rng.random() < self.cfg.multi_turn_share:
             for _ in range(self.rng.randint(1, 3)):
                 follow = topic.more and self.persona.followups
                 if follow and self.rng.random() < self.cfg.followup_share:
                     user = self.styled(self.expand(self.followups[split]))
-                    pairs.append((user, self.expand(topic.more)))
+                    exchanges.append((user, self.expand(topic.more), topic.name))
                 else:
                     topic = self.pick_topic(other_than=topic)
-                    pairs.append((self.prompt(topic, split), self.expand(topic.replies)))
-        return conversation(pairs, first.name)
+                    exchanges.append((self.prompt(topic, split), self.expand(topic.replies),
+                                      topic.name))
+        return conversation(exchanges)
 
     def prompt(self, topic: Topic, split: str) -> str:
         if topic.name in self.subjects and self.persona.about \
@@ -119,7 +118,7 @@ class Composer:
         return self.styled(self.expand(self.phrasings[topic.name][split]))
 
     def styled(self, text: str) -> str:
-        """Dress a phrasing the way people type: names, openers, punctuation, case, typos."""
+        """Dress a phrasing the way people type: names, openers, punctuation, emoji, typos."""
         rng, cfg, persona = self.rng, self.cfg, self.persona
         body, end = _split_end(text)
         if persona.names and rng.random() < cfg.name_rate:
@@ -140,11 +139,6 @@ class Composer:
         text = body + end
         if persona.preambles and rng.random() < cfg.preamble_rate:
             text = f"{rng.choice(persona.preambles)} {text}"
-        r = rng.random()
-        if r < cfg.shout_rate:
-            text = text.upper()
-        elif r < cfg.shout_rate + cfg.sentence_case_rate:
-            text = text[:1].upper() + text[1:]
         if persona.emoji and rng.random() < cfg.emoji_rate:
             emoji = rng.choice(persona.emoji)
             text = f"{emoji} {text}" if rng.random() < 0.3 else f"{text} {emoji}"

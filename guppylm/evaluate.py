@@ -23,7 +23,7 @@ from guppylm import data as data_mod
 from guppylm import persona as persona_mod
 from guppylm.batching import IGNORE, collate, encode_examples, make_batches
 from guppylm.chat import Guppy
-from guppylm.chat_format import turns
+from guppylm.chat_format import assistant_text, turns
 from guppylm.checkpoint import read_config
 from guppylm.errors import GuppyError
 from guppylm.scoring import Grammar, copy_rate, distinct_n, judge, uses_any
@@ -98,9 +98,9 @@ def split_loss(guppy: Guppy, conversations: list[dict],
                batch_tokens: int = 8192) -> tuple[float, float]:
     """(mean loss in nats per assistant token, bits per byte of assistant text).
 
-    Bits per byte divide the same total loss by the UTF-8 bytes of the assistant's replies
-    (each reply's end-of-turn marker counted as one byte), so models with different
-    tokenizers compare fairly.
+    Bits per byte divide the same total loss by the UTF-8 bytes of what the assistant writes
+    (the topic it names, then the reply; each end-of-turn marker counted as one byte), so
+    models with different tokenizers compare fairly.
     """
     model, tok = guppy.model, guppy.tok
     examples = encode_examples(tok, conversations, model.cfg.context)
@@ -110,7 +110,7 @@ def split_loss(guppy: Guppy, conversations: list[dict],
         n = int((y != IGNORE).sum())
         total_nats += model(x, y).item() * n
         tokens += n
-    n_bytes = sum(len(m["content"].encode("utf-8")) + 1 for conv in conversations
+    n_bytes = sum(len(assistant_text(m).encode("utf-8")) + 1 for conv in conversations
                   for m in conv["messages"] if m["role"] == "assistant")
     return total_nats / max(1, tokens), total_nats / math.log(2) / max(1, n_bytes)
 
@@ -123,10 +123,11 @@ def run_persona_test(guppy: Guppy, test: PersonaTest, persona: persona_mod.Perso
     rows = []
     for prompt in test.prompts:
         for seed in seeds:
-            reply, ended = guppy.respond([{"role": "user", "content": prompt.text}], seed=seed)
-            verdict = judge(reply, ended, prompt.expect, persona)
+            reply = guppy.respond([{"role": "user", "content": prompt.text}], seed=seed)
+            verdict = judge(reply.text, reply.ended, prompt.expect, persona)
             rows.append({"prompt": prompt.text, "topic": prompt.topic, "style": prompt.style,
-                         "seed": seed, "reply": reply, "passed": verdict.passed,
+                         "seed": seed, "reply": reply.text, "said_topic": reply.topic,
+                         "routed": reply.topic == prompt.topic, "passed": verdict.passed,
                          "in_character": verdict.in_character, "on_topic": verdict.on_topic,
                          "reasons": verdict.reasons})
     multi = []
@@ -135,11 +136,12 @@ def run_persona_test(guppy: Guppy, test: PersonaTest, persona: persona_mod.Perso
             history: list[dict] = []
             for turn, step in enumerate(steps, 1):
                 history.append({"role": "user", "content": step.text})
-                reply, ended = guppy.respond(history, seed=seed)
-                history.append({"role": "assistant", "content": reply})
-                verdict = judge(reply, ended, step.expect, persona)
+                reply = guppy.respond(history, seed=seed)
+                history.append(reply.message())
+                verdict = judge(reply.text, reply.ended, step.expect, persona)
                 multi.append({"conversation": name, "turn": turn, "seed": seed,
-                              "prompt": step.text, "reply": reply, "passed": verdict.passed,
+                              "prompt": step.text, "reply": reply.text,
+                              "said_topic": reply.topic, "passed": verdict.passed,
                               "reasons": verdict.reasons})
     return rows, multi
 
@@ -202,7 +204,7 @@ def evaluate_run(run: Path, data_dir: Path | None = None, quiet: bool = False) -
     grammar = Grammar(persona)
     metrics.update({
         "persona_pass": _rate(rows), "in_character": _rate(rows, "in_character"),
-        "on_topic": _rate(rows, "on_topic"),
+        "on_topic": _rate(rows, "on_topic"), "routed": _rate(rows, "routed"),
         "on_topic_by_chance": chance_on_topic(test, persona),
         "well_formed": grammar.share_well_formed(replies + [m["reply"] for m in multi]),
         "distinct_1": distinct_n(replies, 1), "distinct_2": distinct_n(replies, 2),
@@ -226,6 +228,7 @@ HEADLINE = [("persona test pass", "persona_pass", "{:.1%}"),
             ("  in character", "in_character", "{:.1%}"),
             ("  on topic", "on_topic", "{:.1%}"),
             ("  (a wrong topic's reply)", "on_topic_by_chance", "{:.1%}"),
+            ("  topic named right", "routed", "{:.1%}"),
             ("well-formed sentences", "well_formed", "{:.1%}"),
             ("multi-turn pass", "multi_turn_pass", "{:.1%}"),
             ("val loss (nats/token)", "val_loss", "{:.3f}"),

@@ -22,10 +22,15 @@ class SamplingConfig:
     top_p: float = 0.9  # ... and only among the smallest set holding this much probability
     max_new_tokens: int = 80
     seed: int | None = None
+    # for the topic a chat model names before its reply (chat_format.py): 0 = the likeliest.
+    # Variety belongs in the words; choosing a less likely topic is just answering off topic.
+    topic_temperature: float = 0.0
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
             raise GuppyError(f"--temperature {self.temperature}: must be 0 or more")
+        if self.topic_temperature < 0:
+            raise GuppyError(f"--topic-temperature {self.topic_temperature}: must be 0 or more")
         if self.top_k < 0:
             raise GuppyError(f"--top-k {self.top_k}: must be 0 (no limit) or more")
         if not 0 < self.top_p <= 1:

@@ -183,6 +183,9 @@ def _parse_topic(raw: object, i: int, pools: dict, where: str) -> Topic:
     if not isinstance(name, str) or not name.strip():
         raise GuppyError(f"{where}: topics[{i}]: missing name; add name = \"...\"")
     at = f"{where}: topic '{name}'"
+    if "|" in name or "\n" in name:
+        raise GuppyError(f"{at}, name: must not contain '|' or a line break (the model writes "
+                         "the topic's name before each reply); rename it")
     _no_unknown_keys(raw, _TOPIC_KEYS, at)
     prompts = _strings(raw, "prompts", at)
     replies = _strings(raw, "replies", at)

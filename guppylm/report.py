@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import matplotlib
@@ -32,6 +33,8 @@ def write_report(run: Path, m: dict, rows: list[dict], multi: list[dict]) -> Non
         "ended by itself |",
         f"| on topic | {m['on_topic']:.1%} | used a word the prompt's author expected "
         f"(a reply of a wrong topic would pass {m['on_topic_by_chance']:.1%} of the time) |",
+        f"| topic named right | {m['routed']:.1%} | the topic the model named before its reply "
+        "was the prompt's |",
         f"| well-formed sentences | {m['well_formed']:.1%} | sentences the persona's grammar "
         "can produce |",
         f"| multi-turn pass | {m['multi_turn_pass']:.1%} | scripted conversations, every turn |",
@@ -64,6 +67,10 @@ def write_report(run: Path, m: dict, rows: list[dict], multi: list[dict]) -> Non
         *([f"- {reason}: {count}" for reason, count in
            sorted(m["failures"].items(), key=lambda kv: -kv[1])] or ["- nothing failed"]),
         "",
+        "## Topics mixed up most (the prompt's topic → the one the model named)",
+        "",
+        *_confusions(rows),
+        "",
         "## Examples that passed",
         "",
         *_examples([r for r in rows if r["passed"]]),
@@ -89,8 +96,17 @@ def _examples(rows: list[dict], reasons: bool = False) -> list[str]:
             continue
         seen.add(row["topic"])
         why = f" — *{', '.join(row['reasons'])}*" if reasons else ""
-        out.append(f"- **{row['style']}** `{row['prompt']}` → {row['reply'] or '(nothing)'}{why}")
+        named = f"[{row['said_topic']}] " if row.get("said_topic") else ""
+        reply = row["reply"] or "(nothing)"
+        out.append(f"- **{row['style']}** `{row['prompt']}` → {named}{reply}{why}")
     return out or ["- (none)"]
+
+
+def _confusions(rows: list[dict], top: int = 8) -> list[str]:
+    pairs = Counter((r["topic"], r.get("said_topic") or "(none)") for r in rows
+                    if not r.get("routed"))
+    return [f"- {wanted} → {named}: {n}" for (wanted, named), n in pairs.most_common(top)] \
+        or ["- none"]
 
 
 def plot_rates(rates: dict[str, float], title: str, out: Path) -> None:

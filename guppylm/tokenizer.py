@@ -17,7 +17,7 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from guppylm.chat_format import normalize_user_text
+from guppylm.chat_format import assistant_text, normalize_user_text, split_topic
 from guppylm.errors import GuppyError
 
 USER, ASSISTANT, END = "<|user|>", "<|assistant|>", "<|end|>"
@@ -113,8 +113,9 @@ def chat_texts(conversations: list[dict]) -> list[str]:
 
 
 def _content(message: dict) -> str:
-    text = message["content"]
-    return normalize_user_text(text) if message["role"] == "user" else text
+    if message["role"] == "user":
+        return normalize_user_text(message["content"])
+    return assistant_text(message)
 
 
 def encode_chat(tok: Tokenizer, messages: list[dict],
@@ -161,8 +162,12 @@ def decode_chat(tok: Tokenizer, ids: list[int]) -> list[dict]:
         if i in (tok.user_id, tok.assistant_id):
             role, current = ("user" if i == tok.user_id else "assistant"), []
         elif i == tok.end_id:
-            if role is not None:
+            if role == "user":
                 messages.append({"role": role, "content": tok.decode(current)})
+            elif role == "assistant":
+                topic, reply = split_topic(tok.decode(current))
+                message = {"role": role, "content": reply}
+                messages.append({**message, "topic": topic} if topic else message)
             role = None
         else:
             current.append(i)

@@ -92,8 +92,9 @@ def test_bits_per_byte_of_a_uniform_model(tiny_persona, tmp_path):
             p.zero_()  # every logit 0: a uniform distribution over the vocabulary
     loss, bpb = split_loss(Guppy(model, tok), convs[:40])
     tokens = sum(sum(mask[1:]) for _, mask in encode_chats(tok, convs[:40]))
-    n_bytes = sum(len(m["content"].encode()) + 1 for c in convs[:40] for m in c["messages"]
-                  if m["role"] == "assistant")
+    # what the assistant writes is "topic | reply", then the end-of-turn marker (one byte)
+    n_bytes = sum(len(f"{m['topic']} | {m['content']}".encode()) + 1 for c in convs[:40]
+                  for m in c["messages"] if m["role"] == "assistant")
     assert loss == pytest.approx(math.log(tok.vocab_size), rel=1e-5)
     assert bpb == pytest.approx(tokens * math.log2(tok.vocab_size) / n_bytes, rel=1e-5)
 
@@ -204,9 +205,38 @@ def test_respond_says_whether_the_model_ended_its_turn(tiny_persona, monkeypatch
     tokens = {"two tokens then <|end|>": [a, b],  # `stream` stops at <|end|> itself
               "tokens up to the length limit": [a, b, a, b],
               "a token then <|user|>": [a, tok.user_id, b]}[stream_gives]
-    monkeypatch.setattr(chat, "stream", lambda *args, **kw: iter(tokens))
-    reply, did_end = Guppy(model, tok).respond([{"role": "user", "content": "hi"}],
-                                               max_new_tokens=4)
-    assert did_end is ended
+    given = iter(tokens)  # one model output, however many calls read it
+    monkeypatch.setattr(chat, "stream", lambda *args, **kw: given)
+    reply = Guppy(model, tok).respond([{"role": "user", "content": "hi"}], max_new_tokens=4)
+    assert reply.ended is ended
     kept = tokens[:tokens.index(tok.user_id)] if tok.user_id in tokens else tokens
-    assert reply == tok.decode(kept).strip()
+    assert reply.text == tok.decode(kept).strip() and reply.topic is None
+
+
+def test_the_topic_the_model_names_is_held_back_or_shown(tiny_persona, monkeypatch):
+    from guppylm import chat
+    from guppylm.chat import finish
+    from guppylm.model import GPT, PRESETS, GPTConfig
+    from guppylm.tokenizer import chat_texts, train_tokenizer
+
+    convs = data.generate(persona.load(str(tiny_persona)), data.DataConfig(n=200))["train"]
+    tok = train_tokenizer(chat_texts(convs))
+    model = GPT(GPTConfig(**{**vars(PRESETS["guppy-tiny"]), "vocab_size": tok.vocab_size}))
+    tokens = tok.encode("food | i eat flakes.")
+    temperatures = []
+
+    def fake_stream(model, ids, cfg, stop_ids):  # the model's output, from where `ids` end
+        temperatures.append(cfg.temperature)
+        return iter(tokens[len(ids) - len(prompt):])
+
+    monkeypatch.setattr(chat, "stream", fake_stream)
+    guppy = Guppy(model, tok)
+    said = [{"role": "user", "content": "hungry?"}]
+    prompt = guppy.prompt_ids(said, 80)
+    pieces: list[str] = []
+    reply = finish(guppy.stream_reply(said), show=pieces.append)
+    assert "".join(pieces).strip() == "i eat flakes." == reply.text and reply.topic == "food"
+    assert reply.message() == {"role": "assistant", "content": "i eat flakes.", "topic": "food"}
+    assert temperatures == [0.0, 0.7]  # the likeliest topic, then a sampled reply
+    shown = "".join(guppy.stream_reply(said, show_topic=True))
+    assert shown.strip() == "[food] i eat flakes."

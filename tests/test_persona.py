@@ -53,6 +53,8 @@ BAD_PERSONAS = {
     "bad template": (broken("i eat {food}.", "i eat (food."),
                      "topic 'food', replies[0]: '(' at character 7 is never closed"),
     "no topics": (TINY_PERSONA.split("[[topics]]")[0], "no topics"),
+    "bar in a topic name": (broken('name = "water"', 'name = "water | tank"'),
+                            "topic 'water | tank', name: must not contain '|'"),
     "frame without subject": (broken('about = ["what about {subject}?"', 'about = ["what about?"'),
                               "[user] about[0]: no {subject} in 'what about?'"),
     "subjects without frames": (broken('about = ["what about {subject}?", "{subject}?"]', ""),

@@ -1,6 +1,7 @@
 import pytest
 
 from guppylm import data, persona
+from guppylm.chat_format import assistant_text, split_topic
 from guppylm.errors import GuppyError
 from guppylm.tokenizer import (
     Tokenizer,
@@ -41,7 +42,7 @@ def test_round_trip_and_assistant_mask(tiny_data, tmp_path):
         expected = []
         for m in conv["messages"]:
             if m["role"] == "assistant":
-                expected += tok.encode(m["content"]) + [tok.end_id]
+                expected += tok.encode(assistant_text(m)) + [tok.end_id]
         assert masked == expected
 
 
@@ -50,7 +51,11 @@ def test_generation_prompt_and_any_unicode(tiny_data):
     text = "HÉLLO 🐟 рыбка   guppy!!"
     ids, mask = encode_chat(tok, [{"role": "user", "content": text}], add_generation_prompt=True)
     assert ids[-1] == tok.assistant_id and not any(mask)
-    assert decode_chat(tok, ids)[0]["content"] == "HÉLLO 🐟 рыбка guppy!!"  # spaces normalised
+    # spaces normalised and case folded, exactly as in the training data
+    assert decode_chat(tok, ids)[0]["content"] == "héllo 🐟 рыбка guppy!!"
+    shouted, _ = encode_chat(tok, [{"role": "user", "content": "ARE YOU  HUNGRY?"}])
+    plain, _ = encode_chat(tok, [{"role": "user", "content": "are you hungry?"}])
+    assert shouted == plain
 
 
 def test_unreadable_tokenizer_file(tmp_path):
@@ -63,3 +68,15 @@ def test_unreadable_tokenizer_file(tmp_path):
 def test_a_vocabulary_too_small_for_bytes_is_refused(tiny_data):
     with pytest.raises(GuppyError, match="--vocab-size 100: too small"):
         train_tokenizer(chat_texts(tiny_data["train"]), vocab_size=100)
+
+
+def test_the_assistant_names_the_topic_of_every_turn_first(tiny_data):
+    tok = train_tokenizer(chat_texts(tiny_data["train"]))
+    conv = next(c for c in tiny_data["train"] if len(c["messages"]) > 4)
+    topics = [m["topic"] for m in conv["messages"] if m["role"] == "assistant"]
+    assert topics[0] == conv["topic"] and all(topics)
+    ids, mask = encode_chat(tok, conv["messages"])
+    learned = tok.decode([i for i, m in zip(ids, mask, strict=True) if m and i != tok.end_id])
+    assert learned.startswith(f"{topics[0]} | ")  # the topic is part of what the model learns
+    assert split_topic("food | i eat flakes.") == ("food", "i eat flakes.")
+    assert split_topic("i eat flakes.") == (None, "i eat flakes.")
