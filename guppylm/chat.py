@@ -10,7 +10,7 @@ interactive `guppy chat` loop.
 from __future__ import annotations
 
 import sys
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
@@ -39,7 +39,8 @@ class Reply(NamedTuple):
         return {**message, "topic": self.topic} if self.topic else message
 
 
-def finish(pieces: Generator[str, None, Reply], show=None) -> Reply:
+def finish(pieces: Generator[str, None, Reply],
+           show: Callable[[str], None] | None = None) -> Reply:
     """Run a reply stream to its end, handing each piece to `show`; return the Reply."""
     while True:
         try:

@@ -223,6 +223,7 @@ def test_incomplete_run_folder_says_how_to_finish_it(data_dir, tmp_path, capsys)
     ("--temperature", "-1", "--temperature -1.0: must be 0 or more"),
     ("--top-p", "0", "--top-p 0.0: must be above 0"),
     ("--top-k", "-3", "--top-k -3: must be 0"),
+    ("--topic-temperature", "-0.5", "--topic-temperature -0.5: must be 0 or more"),
 ])
 def test_bad_sampling_options(data_dir, tmp_path, capsys, flag, value, says):
     run = tmp_path / "run"
