@@ -77,6 +77,10 @@ class Composer:
         self.followups = split_phrasings(persona.followups, "followups", cfg.seed)
         self.subjects = {t.name: split_phrasings(t.subjects, f"{t.name}:subjects", cfg.seed)
                          for t in persona.topics if t.subjects}
+        # the pools an `about` frame expands with: the persona's, plus this split's subjects
+        self.about_pools = {(name, split): {**persona.pools, SUBJECT: subjects}
+                            for name, by_split in self.subjects.items()
+                            for split, subjects in by_split.items()}
         total, self.cumulative = 0.0, []
         for topic in persona.topics:
             total += topic.weight
@@ -113,8 +117,8 @@ class Composer:
         if topic.name in self.subjects and self.persona.about \
                 and self.rng.random() < self.cfg.about_rate:
             # "what about {subject}?": many short prompts whose only clue is the topic's word
-            pools = {**self.persona.pools, SUBJECT: self.subjects[topic.name][split]}
-            return self.styled(self.expand(self.persona.about, pools))
+            return self.styled(self.expand(self.persona.about,
+                                           self.about_pools[topic.name, split]))
         return self.styled(self.expand(self.phrasings[topic.name][split]))
 
     def styled(self, text: str) -> str:
