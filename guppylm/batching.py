@@ -56,6 +56,26 @@ def collate(examples: list[tuple], batch: list[int], pad_id: int) -> tuple[torch
     return x, y
 
 
+def topic_end_ids(tok: Tokenizer) -> torch.Tensor:
+    """Ids of the tokens that hold the "|" closing a topic name ("food | i eat flakes.")."""
+    specials = {tok.end_id, tok.user_id, tok.assistant_id}
+    return torch.tensor(sorted(i for t, i in tok.hf.get_vocab().items()
+                               if "|" in t and i not in specials))
+
+
+def topic_weights(x: torch.Tensor, y: torch.Tensor, assistant_id: int, end_ids: torch.Tensor,
+                  weight: float) -> torch.Tensor:
+    """Loss weights per target: `weight` for the tokens naming the topic, 1 for the rest.
+
+    A topic's tokens run from the one after <|assistant|> to the "|" that closes the name:
+    at a position, more assistant turns have begun than topic names have closed before it.
+    """
+    begun = (x == assistant_id).long().cumsum(1)
+    closes = torch.isin(y, end_ids).long()
+    naming = begun > closes.cumsum(1) - closes
+    return 1.0 + (weight - 1.0) * naming.float()
+
+
 class BatchStream:
     """Step `s` on rank `r` of `w` takes batch `s*w + r` of an endless, epoch-by-epoch order.
 

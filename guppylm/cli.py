@@ -112,6 +112,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-tokens", type=_positive_int, dest="batch_tokens")
     p.add_argument("--lr", type=float)
     p.add_argument("--warmup", type=int, help="warmup steps")
+    p.add_argument("--topic-weight", type=_positive_float, dest="topic_weight",
+                   help="loss weight of the tokens naming the topic (default 4; 1 = no extra)")
     p.add_argument("--vocab-size", type=_positive_int, dest="vocab_size")
     p.add_argument("--eval-every", type=_positive_int, dest="eval_every")
     p.add_argument("--checkpoint-every", type=_positive_int, dest="checkpoint_every")
@@ -186,6 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_run)
     return parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:

@@ -125,11 +125,13 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())  # the tied head is counted once
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                caches: list[dict] | None = None) -> torch.Tensor:
+                caches: list[dict] | None = None,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
         """Logits for every position; or, given targets, the mean cross-entropy loss.
 
         Targets of -100 (user turns, padding) are ignored, and the output layer is only
         computed where there is a target: most of the saving of masking the loss.
+        `weights` (one per target) make some tokens count more in the mean.
         With `caches` (one dict per layer), `idx` continues the cached tokens.
         """
         start = caches[0]["k"].shape[2] if caches and "k" in caches[0] else 0
@@ -144,4 +146,7 @@ class GPT(nn.Module):
         if targets is None:
             return self.lm_head(x)
         keep = targets != -100
-        return F.cross_entropy(self.lm_head(x[keep]).float(), targets[keep])
+        losses = F.cross_entropy(self.lm_head(x[keep]).float(), targets[keep], reduction="none")
+        if weights is None:
+            return losses.mean()
+        return (losses * weights[keep]).sum() / weights[keep].sum()

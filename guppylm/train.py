@@ -26,7 +26,15 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from guppylm import data as data_mod
-from guppylm.batching import IGNORE, BatchStream, collate, encode_examples, make_batches
+from guppylm.batching import (
+    IGNORE,
+    BatchStream,
+    collate,
+    encode_examples,
+    make_batches,
+    topic_end_ids,
+    topic_weights,
+)
 from guppylm.checkpoint import (
     load_checkpoint,
     model_weights,
@@ -51,6 +59,7 @@ class TrainConfig:
     minutes: float | None = None  # fit the run into this much wall time (measured at start)
     batch_tokens: int = 4096  # tokens per step, padding included (per device)
     lr: float = 2e-3
+    topic_weight: float = 4.0  # loss weight of the tokens naming the topic (1 = like the rest)
     min_lr_ratio: float = 0.1  # cosine decay ends at lr * this
     warmup: int = 50
     weight_decay: float = 0.1
@@ -213,9 +222,17 @@ def train(cfg: TrainConfig) -> GPT:
     if cfg.compile:
         forward = torch.compile(forward)
 
-    def loss_of(x: torch.Tensor, y: torch.Tensor, net=forward) -> torch.Tensor:
+    def loss_of(x: torch.Tensor, y: torch.Tensor, net=forward,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            return net(x.to(device), y.to(device))
+            if weights is None:
+                return net(x.to(device), y.to(device))
+            return net(x.to(device), y.to(device), weights=weights.to(device))
+
+    # The few tokens that name the topic carry the hardest decision ("what is this message
+    # about?") but are a small share of the loss: weighting them more spends more of the
+    # budget on routing (docs/benchmarks.md). Validation loss stays unweighted.
+    end_ids = topic_end_ids(tok)
 
     def progress(elapsed: float) -> float:
         if budget is None:
@@ -232,7 +249,10 @@ def train(cfg: TrainConfig) -> GPT:
         elapsed = time.perf_counter() - start
         for group in opt.param_groups:
             group["lr"] = lr_at(step, progress(elapsed), cfg)
-        loss = loss_of(x, y)
+        weights = None
+        if cfg.topic_weight != 1:
+            weights = topic_weights(x, y, tok.assistant_id, end_ids, cfg.topic_weight)
+        loss = loss_of(x, y, weights=weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

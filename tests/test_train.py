@@ -65,6 +65,41 @@ def test_batches_waste_little_on_padding(data_dir):
     assert (computed - real) / computed < 0.10
 
 
+def test_topic_weights_cover_exactly_the_tokens_naming_each_topic(data_dir):
+    from guppylm.batching import IGNORE, collate, encode_examples, topic_end_ids, topic_weights
+    from guppylm.tokenizer import chat_texts, train_tokenizer
+
+    convs = [c for c in data.read_split(data_dir, "train") if len(c["messages"]) >= 4][:8]
+    tok = train_tokenizer(chat_texts(data.read_split(data_dir, "train")))
+    examples = encode_examples(tok, convs, 128)
+    x, y = collate(examples, list(range(len(convs))), tok.end_id)
+    w = topic_weights(x, y, tok.assistant_id, topic_end_ids(tok), 5.0)
+    assert set(w.unique().tolist()) == {1.0, 5.0}
+    for row, conv in enumerate(convs):
+        # the weighted targets, read back, are each assistant turn's "topic |"
+        named = tok.decode([int(t) for t, wt in zip(y[row], w[row], strict=True)
+                            if wt == 5.0 and t != IGNORE])
+        expected = "".join(f"{m['topic']} |" for m in conv["messages"] if m["role"] == "assistant")
+        assert named.replace(" ", "") == expected.replace(" ", "")
+
+
+def test_weighted_loss_is_the_plain_mean_at_weight_1_and_leans_on_heavy_tokens():
+    from guppylm.model import GPT, PRESETS
+
+    torch.manual_seed(0)
+    model = GPT(PRESETS["guppy-tiny"])
+    x = torch.randint(0, 100, (2, 12))
+    y = torch.randint(0, 100, (2, 12))
+    y[:, :3] = -100
+    plain = model(x, y)
+    assert torch.allclose(model(x, y, weights=torch.ones(2, 12)), plain)
+    heavy = torch.ones(2, 12)
+    heavy[:, 5] = 1000.0
+    per_token = torch.nn.functional.cross_entropy(model(x)[:, 5].reshape(-1, model.cfg.vocab_size),
+                                                  y[:, 5].reshape(-1))
+    assert abs(model(x, y, weights=heavy).item() - per_token.item()) < 0.05
+
+
 def test_save_then_load_gives_identical_outputs(data_dir, tmp_path):
     model = train(tiny(data_dir, tmp_path / "run", steps=10))
     loaded = Guppy.load(tmp_path / "run")
@@ -200,6 +235,18 @@ def test_bad_input_gives_one_line(args, says, capsys, data_dir, tmp_path, monkey
     code, _, err = run_cli(capsys, *args)
     assert code == 2 and says in err and err.count("\n") == 1
     assert not Path("runs").exists()  # nothing written
+
+
+@pytest.mark.parametrize("value, says", [("0", "must be a number above 0, got 0"),
+                                         ("nan", "must be a number above 0, got nan"),
+                                         ("heavy", "'heavy' is not a number")])
+def test_bad_topic_weight(value, says, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(capsys, "train", "--topic-weight", value)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"--topic-weight: {says}" in err
+    assert not Path("runs").exists()
 
 
 def test_existing_run_is_never_overwritten_by_accident(data_dir, tmp_path, capsys):
