@@ -1,0 +1,55 @@
+"""A second, fresh persona test: how well do the persona-test figures carry over?
+
+    python benchmarks/bench_fresh_prompts.py runs/guppy [--test benchmarks/guppy.fresh.test.toml]
+
+`guppy eval` reports the persona test that ships beside the persona; the default `guppy run`
+configuration was chosen by measuring on it, so its pass rate is somewhat optimistic for
+prompts nobody has tuned against. The prompts here were written by a helper that saw neither
+that test nor any model output, after the tuning was done. They are scored exactly like
+the persona test (`guppylm.evaluate.run_persona_test`, 3 seeds a prompt).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from guppylm import persona as persona_mod
+from guppylm.chat import Guppy
+from guppylm.evaluate import load_persona_test, run_persona_test
+
+HERE = Path(__file__).parent
+
+
+def share(rows: list[dict], key: str) -> float:
+    return sum(r[key] for r in rows) / max(1, len(rows))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--test", type=Path, default=HERE / "guppy.fresh.test.toml")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    persona = persona_mod.load(str(args.run / "persona.toml"))
+    test = load_persona_test(args.test, persona)
+    test.conversations = []  # single prompts only
+    rows, _ = run_persona_test(Guppy.load(args.run), test, persona)
+    print(f"{args.run}: {len(test.prompts)} fresh prompts x 3 seeds ({args.test.name})")
+    for label, key in (("pass", "passed"), ("in character", "in_character"),
+                       ("on topic", "on_topic"), ("topic named right", "routed")):
+        print(f"  {label:<18} {share(rows, key):.1%}")
+    by_style: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_style[row["style"]].append(row)
+    print("  by style: " + ", ".join(f"{style} {share(r, 'passed'):.0%}"
+                                     for style, r in sorted(by_style.items())))
+
+
+if __name__ == "__main__":
+    main()
