@@ -12,6 +12,7 @@ the persona test (`guppylm.evaluate.run_persona_test`, 3 seeds a prompt).
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import torch
 
 from guppylm import persona as persona_mod
 from guppylm.chat import Guppy
+from guppylm.errors import GuppyError
 from guppylm.evaluate import load_persona_test, run_persona_test
 
 HERE = Path(__file__).parent
@@ -36,10 +38,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    persona = persona_mod.load(str(args.run / "persona.toml"))
-    test = load_persona_test(args.test, persona)
+    try:
+        guppy = Guppy.load(args.run)
+        persona = persona_mod.load(str(args.run / "persona.toml"))
+        test = load_persona_test(args.test, persona)
+    except GuppyError as e:
+        sys.exit(f"bench_fresh_prompts: error: {e}")
     test.conversations = []  # single prompts only
-    rows, _ = run_persona_test(Guppy.load(args.run), test, persona)
+    rows, _ = run_persona_test(guppy, test, persona)
     print(f"{args.run}: {len(test.prompts)} fresh prompts x 3 seeds ({args.test.name})")
     for label, key in (("pass", "passed"), ("in character", "in_character"),
                        ("on topic", "on_topic"), ("topic named right", "routed")):

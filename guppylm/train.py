@@ -225,9 +225,8 @@ def train(cfg: TrainConfig) -> GPT:
     def loss_of(x: torch.Tensor, y: torch.Tensor, net=forward,
                 weights: torch.Tensor | None = None) -> torch.Tensor:
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            if weights is None:
-                return net(x.to(device), y.to(device))
-            return net(x.to(device), y.to(device), weights=weights.to(device))
+            return net(x.to(device), y.to(device),
+                       weights=None if weights is None else weights.to(device))
 
     # The few tokens that name the topic carry the hardest decision ("what is this message
     # about?") but are a small share of the loss: weighting them more spends more of the
