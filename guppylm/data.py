@@ -36,8 +36,10 @@ SPLITS = ("train", "val", "test")
 class DataConfig:
     n: int = 60_000  # conversations in all three splits together
     seed: int = 0
-    val_share: float = 0.05
+    val_share: float = 0.05  # of the conversations
     test_share: float = 0.05
+    val_phrasings: float = 0.04  # of each topic's prompt templates (and subjects), for val only
+    test_phrasings: float = 0.06  # ... for test only; training never sees either share
     multi_turn_share: float = 0.20  # conversations with 2-4 turns
     followup_share: float = 0.6  # of extra turns: a follow-up question (else a topic switch)
     name_rate: float = 0.30  # prompts that address the character by name
@@ -50,17 +52,22 @@ class DataConfig:
     about_rate: float = 0.25  # prompts that put one of the topic's subjects in an `about` frame
 
 
-def split_phrasings(prompts: list[tuple], key: str, seed: int) -> dict[str, list[tuple]]:
-    """Divide prompt templates between the splits, at least one each when there are 3+.
+def split_phrasings(prompts: list[tuple], key: str, seed: int, val: float = 0.04,
+                    test: float = 0.06) -> dict[str, list[tuple]]:
+    """Divide prompt templates between the splits: shares `val` and `test` of them, at least
+    one each when there are 3+, and the rest for training.
 
-    With fewer than 3 (possible only for follow-ups), every split shares them all.
+    With fewer than 3 (possible only for follow-ups), every split shares them all. The shares
+    are small because every phrasing held out is one the model cannot learn from: 10% in all
+    still leaves hundreds of unseen templates to measure generalisation with
+    (docs/benchmarks.md, "Routing, part 3").
     """
     if len(prompts) < 3:
         return {split: prompts for split in SPLITS}
     order = list(range(len(prompts)))
     random.Random(f"{seed}:{key}").shuffle(order)
-    n_test = max(1, round(0.15 * len(order)))
-    n_val = max(1, round(0.10 * len(order)))
+    n_test = max(1, round(test * len(order)))
+    n_val = max(1, round(val * len(order)))
     picked = {"test": order[:n_test], "val": order[n_test:n_test + n_val],
               "train": order[n_test + n_val:]}
     return {split: [prompts[i] for i in sorted(idx)] for split, idx in picked.items()}
@@ -72,10 +79,11 @@ class Composer:
     def __init__(self, persona: Persona, cfg: DataConfig):
         self.persona, self.cfg = persona, cfg
         self.rng = random.Random(cfg.seed)
-        self.phrasings = {t.name: split_phrasings(t.prompts, t.name, cfg.seed)
+        shares = {"seed": cfg.seed, "val": cfg.val_phrasings, "test": cfg.test_phrasings}
+        self.phrasings = {t.name: split_phrasings(t.prompts, t.name, **shares)
                           for t in persona.topics}
-        self.followups = split_phrasings(persona.followups, "followups", cfg.seed)
-        self.subjects = {t.name: split_phrasings(t.subjects, f"{t.name}:subjects", cfg.seed)
+        self.followups = split_phrasings(persona.followups, "followups", **shares)
+        self.subjects = {t.name: split_phrasings(t.subjects, f"{t.name}:subjects", **shares)
                          for t in persona.topics if t.subjects}
         # the pools an `about` frame expands with: the persona's, plus this split's subjects
         self.about_pools = {(name, split): {**persona.pools, SUBJECT: subjects}

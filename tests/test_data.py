@@ -29,6 +29,15 @@ def test_phrasings_are_held_out_per_topic(tiny_persona):
         assert not ids["val"] & ids["test"]
 
 
+def test_held_out_shares_of_phrasings():
+    prompts = [(f"phrasing {i}",) for i in range(100)]
+    s = data.split_phrasings(prompts, "topic", seed=0, val=0.04, test=0.06)
+    assert [len(s[split]) for split in ("train", "val", "test")] == [90, 4, 6]
+    assert sorted(s["train"] + s["val"] + s["test"]) == sorted(prompts)
+    few = data.split_phrasings(prompts[:3], "topic", seed=0, val=0.04, test=0.06)
+    assert [len(few[split]) for split in ("train", "val", "test")] == [1, 1, 1]
+
+
 def test_test_prompts_come_only_from_held_out_phrasings(tiny_persona):
     """With no styling, every first prompt is a plain expansion of its split's templates."""
     p = persona.load(str(tiny_persona))
