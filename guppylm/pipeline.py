@@ -16,7 +16,7 @@ from guppylm import data, persona
 from guppylm.chat import Guppy
 from guppylm.chat_format import turns
 
-RUN_DEFAULTS = {"preset": "guppy-1m", "minutes": 5.0, "batch_tokens": 1024, "lr": 4e-3}
+RUN_DEFAULTS = {"preset": "guppy-1m", "minutes": 10.0, "batch_tokens": 1024, "lr": 4e-3}
 SAMPLES = 8
 
 
