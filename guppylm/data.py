@@ -58,8 +58,8 @@ def split_phrasings(prompts: list[tuple], key: str, seed: int, val: float = 0.04
     one each when there are 3+, and the rest for training.
 
     With fewer than 3 (possible only for follow-ups), every split shares them all. The shares
-    are small because every phrasing held out is one the model cannot learn from: 10% in all
-    still leaves hundreds of unseen templates to measure generalisation with
+    are small because every phrasing held out is one the model cannot learn from; for Guppy,
+    10% in all still leaves about 1,000 unseen templates to measure generalisation with
     (docs/benchmarks.md, "Routing, part 3").
     """
     if len(prompts) < 3:
@@ -188,6 +188,11 @@ def generate(persona: Persona, cfg: DataConfig) -> dict[str, list[dict]]:
     """Compose `cfg.n` conversations and divide them into honest train/val/test splits."""
     if cfg.n < 3:
         raise GuppyError(f"--n {cfg.n}: too few conversations; ask for at least 3")
+    if min(cfg.val_phrasings, cfg.test_phrasings) <= 0 \
+            or cfg.val_phrasings + cfg.test_phrasings >= 1:
+        raise GuppyError(f"DataConfig: val_phrasings {cfg.val_phrasings} and test_phrasings "
+                         f"{cfg.test_phrasings} leave no phrasings to hold out or to train on; "
+                         "give each a share above 0, together below 1")
     composer = Composer(persona, cfg)
     n_val = max(1, round(cfg.n * cfg.val_share))
     n_test = max(1, round(cfg.n * cfg.test_share))

@@ -4,6 +4,7 @@ import pytest
 
 from guppylm import data, persona
 from guppylm.chat_format import normalize_user_text, turns
+from guppylm.errors import GuppyError
 
 from conftest import run_cli
 
@@ -36,6 +37,13 @@ def test_held_out_shares_of_phrasings():
     assert sorted(s["train"] + s["val"] + s["test"]) == sorted(prompts)
     few = data.split_phrasings(prompts[:3], "topic", seed=0, val=0.04, test=0.06)
     assert [len(few[split]) for split in ("train", "val", "test")] == [1, 1, 1]
+
+
+def test_held_out_shares_that_leave_nothing_are_refused(tiny_persona):
+    p = persona.load(str(tiny_persona))
+    for val, test in ((0.0, 0.06), (0.5, 0.5), (0.04, -0.1)):
+        with pytest.raises(GuppyError, match="val_phrasings"):
+            data.generate(p, data.DataConfig(n=50, val_phrasings=val, test_phrasings=test))
 
 
 def test_test_prompts_come_only_from_held_out_phrasings(tiny_persona):
