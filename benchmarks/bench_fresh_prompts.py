@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -21,13 +20,9 @@ import torch
 from guppylm import persona as persona_mod
 from guppylm.chat import Guppy
 from guppylm.errors import GuppyError
-from guppylm.evaluate import load_persona_test, run_persona_test
+from guppylm.evaluate import load_persona_test, rate, rate_by, run_persona_test
 
 HERE = Path(__file__).parent
-
-
-def share(rows: list[dict], key: str) -> float:
-    return sum(r[key] for r in rows) / max(1, len(rows))
 
 
 def main() -> None:
@@ -49,12 +44,9 @@ def main() -> None:
     print(f"{args.run}: {len(test.prompts)} fresh prompts x 3 seeds ({args.test.name})")
     for label, key in (("pass", "passed"), ("in character", "in_character"),
                        ("on topic", "on_topic"), ("topic named right", "routed")):
-        print(f"  {label:<18} {share(rows, key):.1%}")
-    by_style: dict[str, list[dict]] = defaultdict(list)
-    for row in rows:
-        by_style[row["style"]].append(row)
-    print("  by style: " + ", ".join(f"{style} {share(r, 'passed'):.0%}"
-                                     for style, r in sorted(by_style.items())))
+        print(f"  {label:<18} {rate(rows, key):.1%}")
+    print("  by style: " + ", ".join(f"{style} {share:.0%}"
+                                     for style, share in rate_by(rows, "style").items()))
 
 
 if __name__ == "__main__":

@@ -52,8 +52,9 @@ class DataConfig:
     about_rate: float = 0.25  # prompts that put one of the topic's subjects in an `about` frame
 
 
-def split_phrasings(prompts: list[tuple], key: str, seed: int, val: float = 0.04,
-                    test: float = 0.06) -> dict[str, list[tuple]]:
+def split_phrasings(prompts: list[tuple], key: str, seed: int,
+                    val: float = DataConfig.val_phrasings,
+                    test: float = DataConfig.test_phrasings) -> dict[str, list[tuple]]:
     """Divide prompt templates between the splits: shares `val` and `test` of them, at least
     one each when there are 3+, and the rest for training.
 

@@ -166,15 +166,17 @@ def chance_on_topic(test: PersonaTest, persona: persona_mod.Persona, per_topic: 
     return sum(rates) / max(1, len(rates))
 
 
-def _rate(rows: list[dict], key: str = "passed") -> float:
+def rate(rows: list[dict], key: str = "passed") -> float:
+    """The share of scored rows where `key` is true (0 for none)."""
     return sum(r[key] for r in rows) / max(1, len(rows))
 
 
-def _grouped(rows: list[dict], by: str) -> dict[str, float]:
+def rate_by(rows: list[dict], by: str) -> dict[str, float]:
+    """Pass rate per value of `by` (a topic, a style, a turn)."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         groups[row[by]].append(row)
-    return {k: _rate(v) for k, v in sorted(groups.items())}
+    return {k: rate(v) for k, v in sorted(groups.items())}
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -203,15 +205,15 @@ def evaluate_run(run: Path, data_dir: Path | None = None, quiet: bool = False) -
     replies = [r["reply"] for r in rows]
     grammar = Grammar(persona)
     metrics.update({
-        "persona_pass": _rate(rows), "in_character": _rate(rows, "in_character"),
-        "on_topic": _rate(rows, "on_topic"), "routed": _rate(rows, "routed"),
+        "persona_pass": rate(rows), "in_character": rate(rows, "in_character"),
+        "on_topic": rate(rows, "on_topic"), "routed": rate(rows, "routed"),
         "on_topic_by_chance": chance_on_topic(test, persona),
         "well_formed": grammar.share_well_formed(replies + [m["reply"] for m in multi]),
         "distinct_1": distinct_n(replies, 1), "distinct_2": distinct_n(replies, 2),
         "copy_rate": copy_rate(replies, train_replies),
-        "multi_turn_pass": _rate(multi),
-        "per_style": _grouped(rows, "style"), "per_topic": _grouped(rows, "topic"),
-        "per_turn": _grouped(multi, "turn"),
+        "multi_turn_pass": rate(multi),
+        "per_style": rate_by(rows, "style"), "per_topic": rate_by(rows, "topic"),
+        "per_turn": rate_by(multi, "turn"),
         "failures": dict(Counter(reason for r in rows for reason in r["reasons"])),
         "prompts": len(test.prompts), "samples": len(rows),
         "seconds": round(time.perf_counter() - start, 1),
