@@ -26,7 +26,8 @@ from guppylm import data, persona
 from guppylm.batching import IGNORE, collate, encode_examples, make_batches
 from guppylm.generate import SamplingConfig, stream, stream_without_cache
 from guppylm.model import GPT, PRESETS, GPTConfig
-from guppylm.tokenizer import chat_texts, train_tokenizer
+from guppylm.chat_format import chat_texts, topics_of
+from guppylm.tokenizer import train_tokenizer
 
 
 def matmul_peak(dtype: torch.dtype, device: str, repeats: int = 5) -> float:
@@ -103,7 +104,8 @@ def report(name, times, batches, cfg, peak, head_of) -> dict:
 
 def batch(examples: list[tuple], rows: list[int], pad_id: int) -> tuple:
     """(inputs, targets, real tokens) for the given examples."""
-    return (*collate(examples, rows, pad_id), sum(len(examples[i][0]) for i in rows))
+    x, y, _ = collate(examples, rows, pad_id)
+    return x, y, sum(len(examples[i][0]) for i in rows)
 
 
 def main() -> None:
@@ -129,9 +131,9 @@ def main() -> None:
 
     splits = data.generate(persona.load(args.persona), data.DataConfig(n=args.n, seed=0))
     convs = splits["train"]
-    tok = train_tokenizer(chat_texts(convs), 4096)
+    tok = train_tokenizer(chat_texts(convs), 4096, topics_of(convs))
     examples = encode_examples(tok, convs, 256)
-    used_ids = {i for ids, _ in examples for i in ids}
+    used_ids = {i for ids, *_ in examples for i in ids}
     unused = set(range(tok.vocab_size)) - used_ids
     n_bytes = sum(1 for i in unused if i < 259)
     print(f"vocabulary: 4,096 asked, {tok.vocab_size:,} kept; {len(unused):,} rows unused here: "
@@ -185,7 +187,7 @@ def main() -> None:
 
     # generation: 100 new tokens (never stopping early) after a short prompt and after a
     # chat history of 100 tokens; untrained weights, since speed does not depend on them
-    history = [i for ids, _ in examples[:20] for i in ids][:100]
+    history = [i for ids, *_ in examples[:20] for i in ids][:100]
     sampling = SamplingConfig(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=100, seed=0)
     for preset in ("guppy-9m", "guppy-2m", "guppy-1m"):
         cfg = GPTConfig(**{**vars(PRESETS[preset]), "vocab_size": tok.vocab_size})

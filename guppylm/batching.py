@@ -7,19 +7,37 @@ import random
 
 import torch
 
-from guppylm.tokenizer import Tokenizer, encode_chats
+from guppylm.chat_format import TOPIC, encode_chats
+from guppylm.model import IGNORE
+from guppylm.tokenizer import Tokenizer
 
-IGNORE = -100  # target value for tokens that carry no loss
 
+def encode_examples(tok: Tokenizer, conversations: list[dict], context: int,
+                    drop_history_topics: float = 0.0, seed: int = 0) -> list[tuple]:
+    """(input ids, target ids, target is a topic) per conversation, cut to the context.
 
-def encode_examples(tok: Tokenizer, conversations: list[dict], context: int) -> list[tuple]:
-    """(input ids, target ids) per conversation; targets are IGNORE outside assistant turns."""
+    Targets are IGNORE outside assistant turns. With `drop_history_topics`, each assistant
+    turn but the last loses its topic at that rate: plain chat clients send the history
+    back as `content` only, and the model should answer such a history just as well.
+    """
+    if drop_history_topics:
+        rng = random.Random(seed)
+        conversations = [_drop_history_topics(c, drop_history_topics, rng) for c in conversations]
     examples = []
     for ids, mask in encode_chats(tok, conversations):
         ids, mask = ids[: context + 1], mask[: context + 1]
         targets = [t if m else IGNORE for t, m in zip(ids[1:], mask[1:], strict=True)]
-        examples.append((ids[:-1], targets))
+        examples.append((ids[:-1], targets, [m == TOPIC for m in mask[1:]]))
     return examples
+
+
+def _drop_history_topics(conv: dict, rate: float, rng: random.Random) -> dict:
+    messages = list(conv["messages"])
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    for i, m in enumerate(messages[:last]):
+        if m["role"] == "assistant" and "topic" in m and rng.random() < rate:
+            messages[i] = {"role": "assistant", "content": m["content"]}
+    return {**conv, "messages": messages}
 
 
 def make_batches(examples: list[tuple], batch_tokens: int, seed: int) -> list[list[int]]:
@@ -45,35 +63,23 @@ def make_batches(examples: list[tuple], batch_tokens: int, seed: int) -> list[li
     return batches
 
 
-def collate(examples: list[tuple], batch: list[int], pad_id: int) -> tuple[torch.Tensor, ...]:
+def collate(examples: list[tuple], batch: list[int], pad_id: int,
+            topic_weight: float = 1.0) -> tuple[torch.Tensor, ...]:
+    """Padded (inputs, targets, loss weights) for the examples in `batch`.
+
+    The topic token carries the hardest decision ("what is this message about?") but is one
+    token of a turn: a `topic_weight` above 1 spends more of the gradient on it.
+    """
     T = max(len(examples[i][0]) for i in batch)
     x = torch.full((len(batch), T), pad_id, dtype=torch.long)
     y = torch.full((len(batch), T), IGNORE, dtype=torch.long)
+    w = torch.ones((len(batch), T))
     for row, i in enumerate(batch):
-        ids, targets = examples[i]
+        ids, targets, is_topic = examples[i]
         x[row, : len(ids)] = torch.tensor(ids)
         y[row, : len(targets)] = torch.tensor(targets)
-    return x, y
-
-
-def topic_end_ids(tok: Tokenizer) -> torch.Tensor:
-    """Ids of the tokens that hold the "|" closing a topic name ("food | i eat flakes.")."""
-    specials = {tok.end_id, tok.user_id, tok.assistant_id}
-    return torch.tensor(sorted(i for t, i in tok.hf.get_vocab().items()
-                               if "|" in t and i not in specials))
-
-
-def topic_weights(x: torch.Tensor, y: torch.Tensor, assistant_id: int, end_ids: torch.Tensor,
-                  weight: float) -> torch.Tensor:
-    """Loss weights per target: `weight` for the tokens naming the topic, 1 for the rest.
-
-    A topic's tokens run from the one after <|assistant|> to the "|" that closes the name:
-    at a position, more assistant turns have begun than topic names have closed before it.
-    """
-    begun = (x == assistant_id).long().cumsum(1)
-    closes = torch.isin(y, end_ids).long()
-    naming = begun > closes.cumsum(1) - closes
-    return 1.0 + (weight - 1.0) * naming.float()
+        w[row, : len(targets)] += (topic_weight - 1.0) * torch.tensor(is_topic).float()
+    return x, y, w
 
 
 class BatchStream:
@@ -83,14 +89,16 @@ class BatchStream:
     run sees exactly the batches the interrupted one would have seen.
     """
 
-    def __init__(self, examples: list[tuple], batch_tokens: int, seed: int, pad_id: int):
+    def __init__(self, examples: list[tuple], batch_tokens: int, seed: int, pad_id: int,
+                 topic_weight: float = 1.0):
         self.examples, self.batch_tokens, self.seed = examples, batch_tokens, seed
-        self.pad_id = pad_id
+        self.pad_id, self.topic_weight = pad_id, topic_weight
         self.per_epoch = len(make_batches(examples, batch_tokens, seed))
         self._epoch, self._batches = -1, []
 
     def get(self, step: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, ...]:
-        """(inputs, targets, number of real, unpadded tokens) for this step and rank."""
+        """(inputs, targets, loss weights, number of real, unpadded tokens) for this step
+        and rank."""
         index = step * world + rank
         epoch = index // self.per_epoch
         if epoch != self._epoch:
@@ -98,4 +106,4 @@ class BatchStream:
             self._batches = make_batches(self.examples, self.batch_tokens, self.seed + epoch)
         batch = self._batches[index % self.per_epoch]
         real = sum(len(self.examples[i][0]) for i in batch)
-        return (*collate(self.examples, batch, self.pad_id), real)
+        return (*collate(self.examples, batch, self.pad_id, self.topic_weight), real)

@@ -1,54 +1,55 @@
-"""Talking to a trained model: the `Guppy` class (for notebooks and the server) and the
-interactive `guppy chat` loop.
+"""Talking to a trained model: the `Guppy` class, for the CLI, notebooks and the server.
 
     from guppylm import Guppy
     g = Guppy.load("runs/guppy")
-    g.reply("hi guppy")                       # one turn
-    g.chat([{"role": "user", "content": "hi"}, ...])   # with history
+    g.reply("hi guppy")                                  # one turn
+    g.chat([{"role": "user", "content": "hi"}, ...])     # with history
+    g.respond(messages)                                  # Reply(text, topic, finish)
+    for chunk in g.stream(messages): ...                 # Chunk(text, topic, finish)
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Generator, Iterator
-from dataclasses import replace
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
 from safetensors.torch import load_file
 
-from guppylm.chat_format import TOPIC_SEP, normalize_user_text, split_topic
+from guppylm.chat_format import encode_chat
 from guppylm.checkpoint import read_config
 from guppylm.errors import GuppyError
 from guppylm.generate import SamplingConfig, stream
 from guppylm.model import GPT, GPTConfig
-from guppylm.tokenizer import Tokenizer, encode_chat
+from guppylm.tokenizer import Tokenizer
 
 RUN_FILES = ("config.json", "tokenizer.json", "model.safetensors")
+
+
+@dataclass
+class Chunk:
+    """A piece of a streamed reply."""
+
+    text: str = ""  # new reply text
+    topic: str | None = None  # set on the chunk that names the topic
+    finish: str | None = None  # on the last chunk: "stop" (end of turn) or "length"
 
 
 class Reply(NamedTuple):
     text: str
     topic: str | None  # the topic the model named before replying
-    ended: bool  # the model ended its turn itself
+    finish: str  # "stop": the model ended its turn; "length": it did not
 
-    def message(self) -> dict:
-        """As an assistant message for the history (the topic keeps the next turn's ids
-        exactly as in training)."""
+    @property
+    def ended(self) -> bool:
+        return self.finish == "stop"
+
+    def message(self, with_topic: bool = False) -> dict:
+        """As an assistant message for the history: `content` only, as chat clients send it
+        back, or with the topic too."""
         message = {"role": "assistant", "content": self.text}
-        return {**message, "topic": self.topic} if self.topic else message
-
-
-def finish(pieces: Generator[str, None, Reply],
-           show: Callable[[str], None] | None = None) -> Reply:
-    """Run a reply stream to its end, handing each piece to `show`; return the Reply."""
-    while True:
-        try:
-            piece = next(pieces)
-        except StopIteration as done:
-            return done.value
-        if show is not None:
-            show(piece)
+        return {**message, "topic": self.topic} if with_topic and self.topic else message
 
 
 class Guppy:
@@ -107,77 +108,44 @@ class Guppy:
             content = self.tok.encode(messages[0]["content"])[: budget - 4]
             messages = [{**messages[0], "content": self.tok.decode(content)}]
 
-    def stream_reply(self, messages: list[dict], show_topic: bool = False,
-                     **overrides) -> Generator[str, None, Reply]:
-        """Yield the reply as text pieces as the tokens are generated; return the `Reply`.
+    def stream(self, messages: list[dict], **overrides) -> Iterator[Chunk]:
+        """The reply to `messages` as it is generated: a `Chunk` naming the topic (when the
+        model names one), chunks of reply text, and a last chunk saying why it finished.
 
-        The model first names the topic ("food | i like flakes."): that part is held back,
-        or shown as "[food] " with `show_topic`.
+        `overrides` change the sampling for this reply (temperature=0, seed=1, ...).
         """
-        tokens = self._tokens(messages, replace(self.sampling, **overrides))
-        new: list[int] = []
-        shown = None  # how much of the decoded text is out; None until the topic is named
-        while True:
-            try:
-                new.append(next(tokens))
-            except StopIteration as stop:  # the generator's return value: did it end?
-                ended = stop.value
-                break
-            text = self.tok.decode(new)
-            if text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-                continue
-            if shown is None and TOPIC_SEP in text:
-                shown = text.index(TOPIC_SEP) + len(TOPIC_SEP)
-                if show_topic:
-                    yield f"[{text[:shown - len(TOPIC_SEP)].strip()}] "
-            if shown is not None and len(text) > shown:
-                yield text[shown:]
-                shown = len(text)
-        topic, reply = split_topic(self.tok.decode(new))
-        if shown is None and reply:  # the model named no topic: show it all now
-            yield reply
-        return Reply(reply, topic, ended)
-
-    def respond(self, messages: list[dict], **overrides) -> Reply:
-        """The next reply, the topic the model named for it, and whether the model ended its
-        turn (False when it ran into the length limit or began another turn itself)."""
-        return finish(self.stream_reply(messages, **overrides))
-
-    def _tokens(self, messages: list[dict], cfg: SamplingConfig) -> Generator[int, None, bool]:
-        """Yield the reply's tokens; return True if the model ended its turn itself.
-
-        The topic the model names first is chosen at `cfg.topic_temperature` (the likeliest,
-        by default), the reply after it at `cfg.temperature`.
-        """
+        cfg = replace(self.sampling, **overrides)
         ids = self.prompt_ids(messages, cfg.max_new_tokens)
         limit = min(cfg.max_new_tokens, self.model.cfg.context - len(ids))
+        tok = self.tok
         new: list[int] = []
-        topic_cfg = replace(cfg, temperature=cfg.topic_temperature)
-        for token in self._stream(ids, topic_cfg):
-            if token is None:
-                return False  # the model tried to start a new turn itself
+        shown, finish = "", "length"
+        tokens = stream(self.model, ids, replace(cfg, max_new_tokens=limit),
+                        topic_ids=tuple(tok.topics))
+        for token in tokens:
+            if token == tok.end_id:
+                finish = "stop"
+                break
+            if token in (tok.user_id, tok.assistant_id):
+                break  # it began another turn without ending its own: not a proper end
+            if token in tok.topics:
+                yield Chunk(topic=tok.topics[token])
+                continue
             new.append(token)
-            yield token
-            if TOPIC_SEP.strip() in self.tok.decode(new):
-                break  # the topic is named: the reply follows
-        else:  # it ended (or hit the limit) without naming a topic
-            return len(new) < limit
-        if len(new) >= limit:
-            return False
-        for token in self._stream(ids + new, replace(cfg, max_new_tokens=limit - len(new))):
-            if token is None:
-                return False
-            new.append(token)
-            yield token
-        return len(new) < limit  # fewer than the limit: it stopped at <|end|>
+            text = tok.decode(new)
+            if len(text) > len(shown) and not text.endswith("\ufffd"):  # whole characters
+                yield Chunk(text=text[len(shown):])
+                shown = text
+        yield Chunk(text=tok.decode(new)[len(shown):], finish=finish)
 
-    def _stream(self, ids: list[int], cfg: SamplingConfig) -> Iterator[int | None]:
-        """New tokens up to <|end|>; None if the model begins a new turn instead."""
-        for token in stream(self.model, ids, cfg, stop_ids=(self.tok.end_id,)):
-            if token in (self.tok.user_id, self.tok.assistant_id):
-                yield None
-                return
-            yield token
+    def respond(self, messages: list[dict], **overrides) -> Reply:
+        """The next reply, the topic the model named for it, and why it finished."""
+        text, topic, finish = "", None, "length"
+        for chunk in self.stream(messages, **overrides):
+            text += chunk.text
+            topic = chunk.topic or topic
+            finish = chunk.finish or finish
+        return Reply(text, topic, finish)
 
     def chat(self, messages: list[dict], **overrides) -> str:
         """The assistant's next reply to a conversation."""
@@ -186,42 +154,3 @@ class Guppy:
     def reply(self, text: str, **overrides) -> str:
         """A one-turn reply to `text`."""
         return self.chat([{"role": "user", "content": text}], **overrides)
-
-
-def interactive(guppy: Guppy, prompt: str | None = None, show_topic: bool = False) -> None:
-    """`guppy chat`: stream replies, keep history, /reset to forget, Ctrl-C or Ctrl-D to quit."""
-    if prompt is not None:
-        message = [{"role": "user", "content": normalize_user_text(prompt) or "..."}]
-        finish(guppy.stream_reply(message, show_topic=show_topic), show=_print)
-        print()
-        return
-    who = guppy.name.lower()
-    print(f"chatting with {who} (/reset forgets the conversation; Ctrl-D or Ctrl-C quits)")
-    history: list[dict] = []
-    while True:
-        try:
-            text = normalize_user_text(input("you> "))
-        except (EOFError, KeyboardInterrupt):
-            print()
-            return
-        if not text:
-            continue
-        if text == "/reset":
-            history = []
-            print("(forgotten)")
-            continue
-        history.append({"role": "user", "content": text})
-        print(f"{who}> ", end="", flush=True)
-        try:
-            reply = finish(guppy.stream_reply(history, show_topic=show_topic), show=_print)
-        except KeyboardInterrupt:
-            print()
-            return
-        print()
-        history.append(reply.message())
-        sys.stdout.flush()
-
-
-def _print(piece: str) -> None:
-    print(piece, end="", flush=True)
-

@@ -1,25 +1,40 @@
-"""The chat format shared by the data generator, training and chat.
+"""The chat format: conversations as data, and the one template that turns them into ids.
 
 A conversation is `{"messages": [{"role": "user"|"assistant", "content": str}, ...],
-"topic": str}`; an assistant message may also name its `topic`. User text goes through
-`normalize_user_text` both when the data is generated and when a person types at the chat
-prompt, so the model never sees at chat time a form of text that training could not have
-produced.
+"topic": str}`; an assistant message may also name its `topic`. The template:
 
-The model writes the topic before the reply: "food | i like flakes." (`assistant_text`).
-Naming the topic first puts the decision "what is this message about?" on one short
-stretch of tokens with a clear target, instead of spreading it over the reply's words; a
-tiny model learns to route unseen messages much faster that way (docs/benchmarks.md).
-Chat shows only the reply (`split_topic`), and can show the topic too.
+    <|user|> hi guppy <|end|> <|assistant|> <|topic:greetings|> hello. the water is warm. <|end|>
+
+Every marker is a special token, one per topic too, so a standard tokenizer's
+`decode(ids, skip_special_tokens=True)` of a generated turn is the reply alone, in any
+runtime. Naming the topic first puts the decision "what is this message about?" on one
+token with a clear target, instead of spreading it over the reply's words: a tiny model
+learns to route unseen messages much faster that way (docs/benchmarks.md). The topic is
+optional: a conversation without topics is encoded the same way, minus those tokens.
+
+`encode_chat` also says what each id is to training (`NO_LOSS`, `REPLY`, `TOPIC`): the
+model learns the assistant's turns, not the user's, and the topic token can be weighted.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the tokenizer module imports this one
+    from guppylm.tokenizer import Tokenizer
+
+USER, ASSISTANT, END = "<|user|>", "<|assistant|>", "<|end|>"
+TOPIC_TOKEN = re.compile(r"<\|topic:(.+?)\|>")
+NO_LOSS, REPLY, TOPIC = 0, 1, 2  # what an id of an encoded chat is to training
 
 _SPACES = re.compile(r"\s+")
-TOPIC_SEP = " | "  # between the topic and the reply; "|" cannot occur in a persona's replies
+
+
+def topic_token(name: str) -> str:
+    """The special token that names a topic: "food" -> "<|topic:food|>"."""
+    return f"<|topic:{name}|>"
 
 
 def normalize_user_text(text: str) -> str:
@@ -41,19 +56,92 @@ def conversation(exchanges: list[tuple[str, str, str]]) -> dict:
     return {"messages": messages, "topic": exchanges[0][2]}
 
 
-def assistant_text(message: dict) -> str:
-    """What the model writes for an assistant message: its topic, if known, then the reply."""
-    topic = message.get("topic")
-    return f"{topic}{TOPIC_SEP}{message['content']}" if topic else message["content"]
-
-
-def split_topic(text: str) -> tuple[str | None, str]:
-    """(topic, reply) from what the model wrote; (None, text) when it named no topic."""
-    topic, sep, reply = text.partition(TOPIC_SEP)
-    return (topic.strip(), reply.strip()) if sep else (None, text.strip())
-
-
 def turns(conv: dict) -> list[tuple[str, str]]:
     """The (user, assistant) pairs of a conversation, in order."""
     msgs = conv["messages"]
     return [(msgs[i]["content"], msgs[i + 1]["content"]) for i in range(0, len(msgs) - 1, 2)]
+
+
+def topics_of(conversations: list[dict]) -> list[str]:
+    """Every topic an assistant message names, sorted: the topic tokens a tokenizer needs."""
+    return sorted({m["topic"] for conv in conversations for m in conv["messages"]
+                   if m["role"] == "assistant" and m.get("topic")})
+
+
+def message_text(message: dict) -> str:
+    """A message's text as the model reads it (user text normalised, as at chat time)."""
+    if message["role"] == "user":
+        return normalize_user_text(message["content"])
+    return message["content"]
+
+
+def chat_texts(conversations: list[dict]) -> list[str]:
+    """The message texts a tokenizer is trained on."""
+    return [message_text(m) for conv in conversations for m in conv["messages"]]
+
+
+# ----------------------------------------------------------------------------- the template
+
+def encode_chat(tok: Tokenizer, messages: list[dict],
+                add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
+    """Messages -> (ids, what each id is to training: NO_LOSS, REPLY or TOPIC).
+
+    With `add_generation_prompt`, the ids end with <|assistant|>: the model's cue to reply.
+    """
+    contents = tok.hf.encode_batch([message_text(m) for m in messages],
+                                   add_special_tokens=False)
+    ids, mask = _assemble(tok, messages, [c.ids for c in contents])
+    if add_generation_prompt:
+        ids.append(tok.assistant_id)
+        mask.append(NO_LOSS)
+    return ids, mask
+
+
+def encode_chats(tok: Tokenizer, conversations: list[dict]) -> list[tuple[list[int], list[int]]]:
+    """`encode_chat` for many conversations at once (one fast batched call to the BPE)."""
+    contents = tok.hf.encode_batch(chat_texts(conversations), add_special_tokens=False)
+    out, k = [], 0
+    for conv in conversations:
+        n = len(conv["messages"])
+        out.append(_assemble(tok, conv["messages"], [c.ids for c in contents[k:k + n]]))
+        k += n
+    return out
+
+
+def _assemble(tok: Tokenizer, messages: list[dict],
+              contents: list[list[int]]) -> tuple[list[int], list[int]]:
+    ids: list[int] = []
+    mask: list[int] = []
+    for message, content in zip(messages, contents, strict=True):
+        if message["role"] == "user":
+            ids += [tok.user_id, *content, tok.end_id]
+            mask += [NO_LOSS] * (len(content) + 2)
+            continue
+        ids.append(tok.assistant_id)
+        mask.append(NO_LOSS)
+        if message.get("topic"):
+            ids.append(tok.topic_id(message["topic"]))
+            mask.append(TOPIC)
+        ids += [*content, tok.end_id]  # the reply and the end of the turn are learned
+        mask += [REPLY] * (len(content) + 1)
+    return ids, mask
+
+
+def decode_chat(tok: Tokenizer, ids: list[int]) -> list[dict]:
+    """The inverse of `encode_chat`: ids back into messages."""
+    messages: list[dict] = []
+    message: dict | None = None
+    current: list[int] = []
+    for i in ids + [tok.end_id]:
+        if i in (tok.user_id, tok.assistant_id):
+            message = {"role": "user" if i == tok.user_id else "assistant"}
+            current = []
+        elif i == tok.end_id:
+            if message is not None:
+                messages.append({**message, "content": tok.decode(current)})
+            message = None
+        elif i in tok.topics and message is not None and not current:
+            message["topic"] = tok.topics[i]
+        else:
+            current.append(i)
+    return messages

@@ -71,10 +71,52 @@ def _sampling(args: argparse.Namespace) -> dict:
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
-    from guppylm.chat import Guppy, interactive
+    from guppylm.chat import Guppy
 
-    interactive(Guppy.load(args.model, **_sampling(args)), prompt=args.prompt,
-                show_topic=args.show_topic)
+    guppy = Guppy.load(args.model, **_sampling(args))
+    if args.prompt is not None:
+        say(guppy, [{"role": "user", "content": args.prompt}], args.show_topic)
+        return
+    chat_loop(guppy, args.show_topic)
+
+
+def chat_loop(guppy, show_topic: bool = False) -> None:
+    """Stream replies, keep the history, /reset to forget, Ctrl-C or Ctrl-D to quit."""
+    who = guppy.name.lower()
+    print(f"chatting with {who} (/reset forgets the conversation; Ctrl-D or Ctrl-C quits)")
+    history: list[dict] = []
+    while True:
+        try:
+            text = input("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return
+        if not text:
+            continue
+        if text.lower() == "/reset":
+            history = []
+            print("(forgotten)")
+            continue
+        history.append({"role": "user", "content": text})
+        print(f"{who}> ", end="", flush=True)
+        try:
+            reply = say(guppy, history, show_topic)
+        except KeyboardInterrupt:
+            print()
+            return
+        history.append({"role": "assistant", "content": reply})
+
+
+def say(guppy, messages: list[dict], show_topic: bool) -> str:
+    """Print the reply to `messages` as it streams in; return its text."""
+    text = ""
+    for chunk in guppy.stream(messages):
+        if chunk.topic and show_topic:
+            print(f"[{chunk.topic}] ", end="", flush=True)
+        print(chunk.text, end="", flush=True)
+        text += chunk.text
+    print()
+    return text
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

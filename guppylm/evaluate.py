@@ -21,12 +21,13 @@ import torch
 
 from guppylm import data as data_mod
 from guppylm import persona as persona_mod
-from guppylm.batching import IGNORE, collate, encode_examples, make_batches
+from guppylm.batching import collate, encode_examples, make_batches
 from guppylm.chat import Guppy
-from guppylm.chat_format import assistant_text, turns
+from guppylm.chat_format import turns
 from guppylm.checkpoint import read_config
 from guppylm.errors import GuppyError
-from guppylm.scoring import Grammar, copy_rate, distinct_n, judge, uses_any
+from guppylm.model import IGNORE
+from guppylm.scoring import Grammar, copy_rate, distinct_n, judge, split_sentences, uses_any
 
 STYLES = ("plain", "shouting", "typos", "slang", "rambling", "emoji", "foreign", "injection",
           "minimal")
@@ -99,27 +100,27 @@ def split_loss(guppy: Guppy, conversations: list[dict],
     """(mean loss in nats per assistant token, bits per byte of assistant text).
 
     Bits per byte divide the same total loss by the UTF-8 bytes of what the assistant writes
-    (the topic it names, then the reply; each end-of-turn marker counted as one byte), so
+    (each reply, with its topic token and end-of-turn marker counted as one byte each), so
     models with different tokenizers compare fairly.
     """
     model, tok = guppy.model, guppy.tok
     examples = encode_examples(tok, conversations, model.cfg.context)
     total_nats, tokens = 0.0, 0
     for batch in make_batches(examples, batch_tokens, seed=0):
-        x, y = collate(examples, batch, tok.end_id)
+        x, y, _ = collate(examples, batch, tok.end_id)
         n = int((y != IGNORE).sum())
         total_nats += model(x, y).item() * n
         tokens += n
-    n_bytes = sum(len(assistant_text(m).encode("utf-8")) + 1 for conv in conversations
-                  for m in conv["messages"] if m["role"] == "assistant")
+    n_bytes = sum(len(m["content"].encode("utf-8")) + 1 + bool(m.get("topic"))
+                  for conv in conversations for m in conv["messages"] if m["role"] == "assistant")
     return total_nats / max(1, tokens), total_nats / math.log(2) / max(1, n_bytes)
 
 
 # ----------------------------------------------------------------------------- the test
 
 def run_persona_test(guppy: Guppy, test: PersonaTest, persona: persona_mod.Persona,
-                     seeds=SEEDS) -> tuple[list[dict], list[dict]]:
-    """Reply to every prompt at every seed; return (single-turn rows, multi-turn rows)."""
+                     seeds=SEEDS) -> list[dict]:
+    """Reply to every single-turn prompt at every seed; one scored row each."""
     rows = []
     for prompt in test.prompts:
         for seed in seeds:
@@ -130,20 +131,45 @@ def run_persona_test(guppy: Guppy, test: PersonaTest, persona: persona_mod.Perso
                          "routed": reply.topic == prompt.topic, "passed": verdict.passed,
                          "in_character": verdict.in_character, "on_topic": verdict.on_topic,
                          "reasons": verdict.reasons})
-    multi = []
+    return rows
+
+
+def run_conversations(guppy: Guppy, test: PersonaTest, persona: persona_mod.Persona,
+                      history_topics: bool, seeds=SEEDS) -> list[dict]:
+    """Play the scripted conversations; one scored row per turn.
+
+    The history goes back to the model as plain chat clients send it (`content` only), or,
+    with `history_topics`, with the topic each past reply named. A turn `repeats` when its
+    first sentence is the previous reply's first sentence.
+    """
+    rows = []
     for name, steps in test.conversations:
         for seed in seeds:
             history: list[dict] = []
+            previous = None
             for turn, step in enumerate(steps, 1):
                 history.append({"role": "user", "content": step.text})
                 reply = guppy.respond(history, seed=seed)
-                history.append(reply.message())
+                history.append(reply.message(with_topic=history_topics))
                 verdict = judge(reply.text, reply.ended, step.expect, persona)
-                multi.append({"conversation": name, "turn": turn, "seed": seed,
-                              "prompt": step.text, "reply": reply.text,
-                              "said_topic": reply.topic, "passed": verdict.passed,
-                              "reasons": verdict.reasons})
-    return rows, multi
+                rows.append({"conversation": name, "turn": turn, "seed": seed,
+                             "prompt": step.text, "reply": reply.text,
+                             "said_topic": reply.topic, "routed": reply.topic == step.topic,
+                             "passed": verdict.passed, "reasons": verdict.reasons,
+                             "repeats": previous is not None
+                             and first_sentence(reply.text) == first_sentence(previous)})
+                previous = reply.text
+    return rows
+
+
+def first_sentence(text: str) -> str:
+    sentences = split_sentences(text)
+    return sentences[0].strip().lower() if sentences else ""
+
+
+def repeat_rate(rows: list[dict]) -> float:
+    """The share of follow-up turns (2nd on) that begin with the previous reply's sentence."""
+    return rate([r for r in rows if r["turn"] > 1], "repeats")
 
 
 def chance_on_topic(test: PersonaTest, persona: persona_mod.Persona, per_topic: int = 20) -> float:
@@ -201,7 +227,9 @@ def evaluate_run(run: Path, data_dir: Path | None = None, quiet: bool = False) -
     for split in ("val", "test"):
         loss, bpb = split_loss(guppy, splits[split])
         metrics[f"{split}_loss"], metrics[f"{split}_bpb"] = loss, bpb
-    rows, multi = run_persona_test(guppy, test, persona)
+    rows = run_persona_test(guppy, test, persona)
+    multi = run_conversations(guppy, test, persona, history_topics=False)
+    multi_topics = run_conversations(guppy, test, persona, history_topics=True)
     replies = [r["reply"] for r in rows]
     grammar = Grammar(persona)
     metrics.update({
@@ -211,7 +239,8 @@ def evaluate_run(run: Path, data_dir: Path | None = None, quiet: bool = False) -
         "well_formed": grammar.share_well_formed(replies + [m["reply"] for m in multi]),
         "distinct_1": distinct_n(replies, 1), "distinct_2": distinct_n(replies, 2),
         "copy_rate": copy_rate(replies, train_replies),
-        "multi_turn_pass": rate(multi),
+        "multi_turn_pass": rate(multi), "multi_turn_pass_with_topics": rate(multi_topics),
+        "repeat_rate": repeat_rate(multi), "repeat_rate_with_topics": repeat_rate(multi_topics),
         "per_style": rate_by(rows, "style"), "per_topic": rate_by(rows, "topic"),
         "per_turn": rate_by(multi, "turn"),
         "failures": dict(Counter(reason for r in rows for reason in r["reasons"])),
@@ -233,6 +262,8 @@ HEADLINE = [("persona test pass", "persona_pass", "{:.1%}"),
             ("  topic named right", "routed", "{:.1%}"),
             ("well-formed sentences", "well_formed", "{:.1%}"),
             ("multi-turn pass", "multi_turn_pass", "{:.1%}"),
+            ("  history with topics", "multi_turn_pass_with_topics", "{:.1%}"),
+            ("  repeats previous reply", "repeat_rate", "{:.1%}"),
             ("val loss (nats/token)", "val_loss", "{:.3f}"),
             ("test loss (nats/token)", "test_loss", "{:.3f}"),
             ("test bits per byte", "test_bpb", "{:.3f}"),

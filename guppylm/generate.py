@@ -57,10 +57,25 @@ def pick_token(logits: torch.Tensor, cfg: SamplingConfig,
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+def choose_topic(logits: torch.Tensor, topic_ids: torch.Tensor, cfg: SamplingConfig,
+                 generator: torch.Generator | None = None) -> int | None:
+    """The topic token to begin a reply with, or None when the likeliest first token is no
+    topic (a model trained without topics). The topic is chosen among topic tokens only, at
+    `cfg.topic_temperature`: 0, the default, takes the likeliest."""
+    if len(topic_ids) == 0 or int(logits.argmax()) not in topic_ids:
+        return None
+    topic_cfg = SamplingConfig(temperature=cfg.topic_temperature, top_k=0, top_p=1.0)
+    return int(topic_ids[pick_token(logits[topic_ids], topic_cfg, generator)])
+
+
 @torch.inference_mode()
 def stream(model: GPT, prompt_ids: list[int], cfg: SamplingConfig,
-           stop_ids: tuple[int, ...] = ()) -> Iterator[int]:
-    """Yield new token ids one by one; stop at a stop id (not yielded) or a length limit."""
+           stop_ids: tuple[int, ...] = (), topic_ids: tuple[int, ...] = ()) -> Iterator[int]:
+    """Yield new token ids one by one; stop at a stop id (not yielded) or a length limit.
+
+    A reply may begin with a topic token (`topic_ids`, chat_format.py): it is chosen by
+    `choose_topic`, and topic tokens cannot be sampled after it.
+    """
     model.eval()
     device = next(model.parameters()).device
     generator = None
@@ -69,15 +84,20 @@ def stream(model: GPT, prompt_ids: list[int], cfg: SamplingConfig,
     room = model.cfg.context - len(prompt_ids)
     if room <= 0:
         raise ValueError(f"prompt of {len(prompt_ids)} tokens leaves no room in the context")
+    topics = torch.tensor(topic_ids, dtype=torch.long)
     caches: list[dict] = [{} for _ in model.h]
-    logits = model(torch.tensor([prompt_ids], device=device), caches=caches)[0, -1]
-    for i in range(min(cfg.max_new_tokens, room)):
-        token = pick_token(logits.cpu(), cfg, generator)
+    logits = model(torch.tensor([prompt_ids], device=device), caches=caches)[0, -1].cpu()
+    limit = min(cfg.max_new_tokens, room)
+    for i in range(limit):
+        token = choose_topic(logits, topics, cfg, generator) if i == 0 else None
+        if token is None:
+            logits[topics] = float("-inf")  # a topic comes first or not at all
+            token = pick_token(logits, cfg, generator)
         if token in stop_ids:
             return
         yield token
-        if i + 1 < min(cfg.max_new_tokens, room):
-            logits = model(torch.tensor([[token]], device=device), caches=caches)[0, -1]
+        if i + 1 < limit:
+            logits = model(torch.tensor([[token]], device=device), caches=caches)[0, -1].cpu()
 
 
 @torch.inference_mode()

@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+IGNORE = -100  # the target of a position that carries no loss (cross_entropy's default)
+
 
 @dataclass
 class GPTConfig:
@@ -129,7 +131,7 @@ class GPT(nn.Module):
                 weights: torch.Tensor | None = None) -> torch.Tensor:
         """Logits for every position; or, given targets, the mean cross-entropy loss.
 
-        Targets of -100 (user turns, padding) are ignored, and the output layer is only
+        Targets of IGNORE (user turns, padding) are ignored, and the output layer is only
         computed where there is a target: most of the saving of masking the loss.
         `weights` (one per target) make some tokens count more in the mean.
         With `caches` (one dict per layer), `idx` continues the cached tokens.
@@ -145,7 +147,7 @@ class GPT(nn.Module):
         x = self.ln_f(x)
         if targets is None:
             return self.lm_head(x)
-        keep = targets != -100
+        keep = targets != IGNORE
         losses = F.cross_entropy(self.lm_head(x[keep]).float(), targets[keep], reduction="none")
         if weights is None:
             return losses.mean()

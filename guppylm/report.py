@@ -37,7 +37,13 @@ def write_report(run: Path, m: dict, rows: list[dict], multi: list[dict]) -> Non
         "was the prompt's |",
         f"| well-formed sentences | {m['well_formed']:.1%} | sentences the persona's grammar "
         "can produce |",
-        f"| multi-turn pass | {m['multi_turn_pass']:.1%} | scripted conversations, every turn |",
+        f"| multi-turn pass | {m['multi_turn_pass']:.1%} | scripted conversations, every turn; "
+        "history sent back as `content` only, as chat clients send it |",
+        f"| multi-turn, history with topics | {m['multi_turn_pass_with_topics']:.1%} | the same, "
+        "past replies with their topic tokens |",
+        f"| repeats the previous reply | {m['repeat_rate']:.1%} / "
+        f"{m['repeat_rate_with_topics']:.1%} | follow-up turns that begin with the previous "
+        "reply's first sentence (content only / with topics) |",
         f"| val / test loss | {m['val_loss']:.3f} / {m['test_loss']:.3f} | nats per assistant "
         "token, phrasings unseen in training |",
         f"| val / test bits per byte | {m['val_bpb']:.3f} / {m['test_bpb']:.3f} | "

@@ -26,15 +26,8 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from guppylm import data as data_mod
-from guppylm.batching import (
-    IGNORE,
-    BatchStream,
-    collate,
-    encode_examples,
-    make_batches,
-    topic_end_ids,
-    topic_weights,
-)
+from guppylm.batching import BatchStream, collate, encode_examples, make_batches
+from guppylm.chat_format import chat_texts, topics_of
 from guppylm.checkpoint import (
     load_checkpoint,
     model_weights,
@@ -45,8 +38,8 @@ from guppylm.checkpoint import (
     write_text_atomic,
 )
 from guppylm.errors import GuppyError
-from guppylm.model import GPT, PRESETS, GPTConfig
-from guppylm.tokenizer import Tokenizer, chat_texts, train_tokenizer
+from guppylm.model import GPT, IGNORE, PRESETS, GPTConfig
+from guppylm.tokenizer import Tokenizer, train_tokenizer
 
 
 @dataclass
@@ -59,7 +52,8 @@ class TrainConfig:
     minutes: float | None = None  # fit the run into this much wall time (measured at start)
     batch_tokens: int = 4096  # tokens per step, padding included (per device)
     lr: float = 2e-3
-    topic_weight: float = 4.0  # loss weight of the tokens naming the topic (1 = like the rest)
+    topic_weight: float = 4.0  # loss weight of the token naming the topic (1 = like the rest)
+    drop_history_topics: float = 0.5  # share of past assistant turns trained without topic
     min_lr_ratio: float = 0.1  # cosine decay ends at lr * this
     warmup: int = 50
     weight_decay: float = 0.1
@@ -174,7 +168,8 @@ def train(cfg: TrainConfig) -> GPT:
     _barrier(world)
     tok_path = run / "tokenizer.json"
     if main_process and not cfg.resume:  # one process trains the tokenizer, all load it
-        train_tokenizer(chat_texts(train_convs), cfg.vocab_size).save(tok_path)
+        train_tokenizer(chat_texts(train_convs), cfg.vocab_size,
+                        topics_of(train_convs)).save(tok_path)
         for name in ("persona.toml", "persona.test.toml"):  # the run keeps its character
             if (Path(cfg.data) / name).is_file():
                 shutil.copyfile(Path(cfg.data) / name, run / name)
@@ -185,9 +180,10 @@ def train(cfg: TrainConfig) -> GPT:
     torch.manual_seed(cfg.seed)
     model = GPT(model_cfg).to(device)
     opt = make_optimizer(model, cfg)
-    examples = encode_examples(tok, train_convs, model_cfg.context)
+    examples = encode_examples(tok, train_convs, model_cfg.context,
+                               cfg.drop_history_topics, cfg.seed)
     val_examples = encode_examples(tok, val_convs, model_cfg.context)
-    stream = BatchStream(examples, cfg.batch_tokens, cfg.seed, tok.end_id)
+    stream = BatchStream(examples, cfg.batch_tokens, cfg.seed, tok.end_id, cfg.topic_weight)
     val_batches = _eval_batches(val_examples, cfg, tok.end_id)
 
     # A run is planned in steps, or (--minutes) in wall time: then the cosine follows the
@@ -228,11 +224,6 @@ def train(cfg: TrainConfig) -> GPT:
             return net(x.to(device), y.to(device),
                        weights=None if weights is None else weights.to(device))
 
-    # The few tokens that name the topic carry the hardest decision ("what is this message
-    # about?") but are a small share of the loss: weighting them more spends more of the
-    # budget on routing (docs/benchmarks.md). Validation loss stays unweighted.
-    end_ids = topic_end_ids(tok)
-
     def progress(elapsed: float) -> float:
         if budget is None:
             return (step - cfg.warmup) / max(1, total - cfg.warmup)
@@ -244,13 +235,10 @@ def train(cfg: TrainConfig) -> GPT:
     start, tokens_done, real_done = time.perf_counter() - elapsed_before, 0, 0
     model.train()
     while step < total:
-        x, y, real = stream.get(step, rank, world)
+        x, y, weights, real = stream.get(step, rank, world)
         elapsed = time.perf_counter() - start
         for group in opt.param_groups:
             group["lr"] = lr_at(step, progress(elapsed), cfg)
-        weights = None
-        if cfg.topic_weight != 1:
-            weights = topic_weights(x, y, tok.assistant_id, end_ids, cfg.topic_weight)
         loss = loss_of(x, y, weights=weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -335,7 +323,7 @@ def _eval_batches(examples: list[tuple], cfg: TrainConfig, pad_id: int) -> list[
     for batch in batches:
         if tokens >= cfg.eval_tokens:
             break
-        x, y = collate(examples, batch, pad_id)
+        x, y, _ = collate(examples, batch, pad_id)  # validation loss is unweighted
         picked.append((x, y))
         tokens += x.numel()
     return picked

@@ -10,7 +10,7 @@ from guppylm.chat import Guppy
 from guppylm.errors import GuppyError
 from guppylm.evaluate import STYLES, load_persona_test, persona_test_path, split_loss
 from guppylm.scoring import Grammar, copy_rate, distinct_n, is_loop, judge
-from guppylm.tokenizer import encode_chats
+from guppylm.chat_format import encode_chats
 from guppylm.train import TrainConfig, train
 
 from conftest import TINY_PERSONA_TEST, run_cli

@@ -1,15 +1,16 @@
 import pytest
 
 from guppylm import data, persona
-from guppylm.chat_format import assistant_text, split_topic
-from guppylm.errors import GuppyError
-from guppylm.tokenizer import (
-    Tokenizer,
+from guppylm.chat_format import (
+    REPLY,
+    TOPIC,
     chat_texts,
     decode_chat,
     encode_chat,
-    train_tokenizer,
+    topics_of,
 )
+from guppylm.errors import GuppyError
+from guppylm.tokenizer import Tokenizer, train_tokenizer
 
 
 @pytest.fixture(scope="module")
