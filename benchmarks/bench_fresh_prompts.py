@@ -39,8 +39,7 @@ def main() -> None:
         test = load_persona_test(args.test, persona)
     except GuppyError as e:
         sys.exit(f"bench_fresh_prompts: error: {e}")
-    test.conversations = []  # single prompts only
-    rows, _ = run_persona_test(guppy, test, persona)
+    rows = run_persona_test(guppy, test, persona)  # single prompts; no conversations
     print(f"{args.run}: {len(test.prompts)} fresh prompts x 3 seeds ({args.test.name})")
     for label, key in (("pass", "passed"), ("in character", "in_character"),
                        ("on topic", "on_topic"), ("topic named right", "routed")):

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 
 from guppylm import data, persona
 from guppylm.batching import IGNORE, collate, encode_examples, make_batches
+from guppylm.chat_format import chat_texts, topics_of
 from guppylm.generate import SamplingConfig, stream, stream_without_cache
 from guppylm.model import GPT, PRESETS, GPTConfig
-from guppylm.chat_format import chat_texts, topics_of
 from guppylm.tokenizer import train_tokenizer
 
 
@@ -129,7 +129,7 @@ def main() -> None:
         print(f"   bf16: {matmul_peak(torch.bfloat16, dev):,.0f} GFLOP/s", end="")
     print()
 
-    splits = data.generate(persona.load(args.persona), data.DataConfig(n=args.n, seed=0))
+    splits = data.compose(persona.load(args.persona), data.DataConfig(n=args.n, seed=0))
     convs = splits["train"]
     tok = train_tokenizer(chat_texts(convs), 4096, topics_of(convs))
     examples = encode_examples(tok, convs, 256)

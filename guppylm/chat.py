@@ -15,16 +15,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
-from safetensors.torch import load_file
-
 from guppylm.chat_format import encode_chat
-from guppylm.checkpoint import read_config
-from guppylm.errors import GuppyError
+from guppylm.checkpoint import load_run
 from guppylm.generate import SamplingConfig, stream
-from guppylm.model import GPT, GPTConfig
+from guppylm.model import GPT
 from guppylm.tokenizer import Tokenizer
-
-RUN_FILES = ("config.json", "tokenizer.json", "model.safetensors")
 
 
 @dataclass
@@ -62,34 +57,9 @@ class Guppy:
 
     @classmethod
     def load(cls, run: str | Path, device: str = "cpu", **sampling) -> Guppy:
-        run = Path(run)
-        if not run.is_dir():
-            raise GuppyError(f"{run}: no such run folder; train one with `guppy run` "
-                             f"or `guppy train --run {run}`")
-        for name in RUN_FILES:
-            if not (run / name).is_file():
-                raise GuppyError(f"{run}: incomplete run folder ({name} missing); finish it with "
-                                 f"`guppy train --run {run} --resume` or retrain with `guppy run`")
-        config = read_config(run)
-        model = GPT(GPTConfig(**config["model"]))
-        path = run / "model.safetensors"
-        try:
-            weights = load_file(str(path))
-        except Exception as e:  # safetensors raises several types for a bad file
-            why = str(e).splitlines()[0][:120]
-            raise GuppyError(f"{path}: unreadable weights ({why}); retrain with "
-                             "`guppy train`") from None
-        try:
-            missing, unexpected = model.load_state_dict(weights, strict=False)
-        except RuntimeError:  # a tensor of the wrong shape
-            missing, unexpected = [], ["(shapes)"]
-        if unexpected or set(missing) - {"lm_head.weight"}:  # the head is the tied embedding
-            raise GuppyError(f"{path}: weights do not match config.json; retrain with "
-                             "`guppy train`")
-        model.lm_head.weight = model.wte.weight  # re-tie after loading
-        tok = Tokenizer.load(run / "tokenizer.json")
-        return cls(model.to(device), tok, SamplingConfig(**sampling),
-                   name=config.get("persona_name", "guppy"))
+        """The model of a run folder; `sampling` sets SamplingConfig's fields."""
+        model, tok, config = load_run(Path(run), device)
+        return cls(model, tok, SamplingConfig(**sampling), name=config.get("persona_name", "guppy"))
 
     def prompt_ids(self, messages: list[dict], max_new_tokens: int) -> list[int]:
         """Ids for the history plus the reply cue, dropping the oldest turns to leave room

@@ -8,21 +8,28 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
-from guppylm.errors import GuppyError
+from guppylm import data, persona
+from guppylm.data import DataConfig
+from guppylm.errors import ConfigError, GuppyError
+from guppylm.pipeline import run_config, run_pipeline
+from guppylm.train_config import DTYPES, TrainConfig
+
+# Nothing imported at the top may import torch: `guppy --help`, `guppy data` and
+# `guppy persona check` need none of it, and loading it takes seconds. The commands that
+# train or run a model import what they need themselves.
 
 
 def cmd_data(args: argparse.Namespace) -> None:
-    from guppylm import data, persona
-
     if args.action == "stats":
         print(data.format_stats(data.stats(Path(args.dir))))
         return
     p = persona.load(args.persona)
-    cfg = data.DataConfig(n=args.n, seed=args.seed)
+    cfg = DataConfig(**given(args, DataConfig))
     start = time.perf_counter()
-    splits = data.generate(p, cfg)
+    splits = data.compose(p, cfg)
     data.write(splits, p, cfg, Path(args.out))
     counts = ", ".join(f"{len(splits[s]):,} {s}" for s in data.SPLITS)
     print(f"wrote {counts} conversations of {p.name} to {args.out}/ "
@@ -30,8 +37,6 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 
 def cmd_persona_check(args: argparse.Namespace) -> None:
-    from guppylm import data, persona
-
     p = persona.load(args.file)
     n_prompts = sum(len(t.prompts) for t in p.topics)
     n_replies = sum(len(t.replies) + len(t.more) for t in p.topics)
@@ -40,7 +45,7 @@ def cmd_persona_check(args: argparse.Namespace) -> None:
     print(f"  voice: lowercase={str(p.lowercase).lower()}, max_words={p.max_words}")
     print(f"  {len(p.topics)} topics, {len(p.pools)} slot pools, "
           f"{n_prompts} prompt and {n_replies} reply templates")
-    composer = data.Composer(p, data.DataConfig(seed=args.seed, multi_turn_share=0.5))
+    composer = data.Composer(p, DataConfig(seed=args.seed, multi_turn_share=0.5))
     print("\nsample conversations:")
     for _ in range(args.samples):
         conv = composer.conversation("train")
@@ -53,27 +58,25 @@ def cmd_persona_check(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from guppylm.train import train
 
-    train(_train_config(args))
+    train(TrainConfig(**given(args, TrainConfig)), resume=args.resume,
+          overwrite=args.overwrite, quiet=args.quiet)
 
 
-def _train_config(args: argparse.Namespace, **overrides):
-    from guppylm.train import TrainConfig
+def given(args: argparse.Namespace, config: type) -> dict:
+    """The options given on the command line that set fields of the dataclass `config`
+    (each option's dest is its field's name); the dataclass holds the defaults."""
+    names = {f.name for f in fields(config)}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
 
-    given = {k: v for k, v in vars(args).items()
-             if k in TrainConfig.__dataclass_fields__ and v is not None}
-    return TrainConfig(**{**given, **overrides})
 
-
-def _sampling(args: argparse.Namespace) -> dict:
-    return {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-            "max_new_tokens": args.max_new_tokens, "seed": args.seed,
-            "topic_temperature": args.topic_temperature}
+SAMPLING = ("temperature", "top_k", "top_p", "max_new_tokens", "seed", "topic_temperature")
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
     from guppylm.chat import Guppy
 
-    guppy = Guppy.load(args.model, **_sampling(args))
+    guppy = Guppy.load(args.model, **{k: getattr(args, k) for k in SAMPLING
+                                      if getattr(args, k) is not None})
     if args.prompt is not None:
         say(guppy, [{"role": "user", "content": args.prompt}], args.show_topic)
         return
@@ -129,57 +132,76 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(format_table(results))
 
 
-def cmd_run(args: argparse.Namespace) -> None:
-    from guppylm.pipeline import run_pipeline
+def cmd_serve(args: argparse.Namespace) -> None:
+    from guppylm.serve import serve  # one-line GuppyError when the [serve] extra is missing
 
-    run_pipeline(args)
+    serve(args.run, host=args.host, port=args.port)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    run_pipeline(args.persona, DataConfig(**given(args, DataConfig)),
+                 run_config(**given(args, TrainConfig)), quiet=args.quiet)
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--temperature", type=float, default=0.7, help="0 = always the likeliest")
-    p.add_argument("--top-k", type=int, default=40)
-    p.add_argument("--top-p", type=float, default=0.9)
-    p.add_argument("--max-new-tokens", type=_positive_int, default=80)
-    p.add_argument("--seed", type=int, default=None, help="fixed seed for repeatable replies")
-    p.add_argument("--topic-temperature", type=float, default=0.0,
-                   help="for the topic the model names before replying (0 = the likeliest)")
+    # No defaults here: SamplingConfig (generate.py) holds them, and reading it would load torch
+    p.add_argument("--temperature", type=float,
+                   help="higher: more varied replies; 0: always the likeliest token")
+    p.add_argument("--top-k", type=int, help="sample among the k likeliest tokens (0: all)")
+    p.add_argument("--top-p", type=float,
+                   help="... and among the fewest tokens that hold this much probability")
+    p.add_argument("--max-new-tokens", type=_positive_int, help="the longest reply, in tokens")
+    p.add_argument("--seed", type=int, help="fixed seed for repeatable replies")
+    p.add_argument("--topic-temperature", type=float,
+                   help="for the topic the model names before replying (0: the likeliest)")
 
 
-def add_train_args(p: argparse.ArgumentParser) -> None:
-    from guppylm.model import PRESETS
-
-    p.add_argument("--preset", choices=list(PRESETS), help="model size (default guppy-9m)")
-    p.add_argument("--steps", type=_positive_int, help="optimizer steps (default 2000)")
-    p.add_argument("--minutes", type=float, help="fit training into this many minutes")
-    p.add_argument("--batch-tokens", type=_positive_int, dest="batch_tokens")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--warmup", type=int, help="warmup steps")
-    p.add_argument("--topic-weight", type=_positive_float, dest="topic_weight",
-                   help="loss weight of the tokens naming the topic (default 4; 1 = no extra)")
-    p.add_argument("--vocab-size", type=_positive_int, dest="vocab_size")
-    p.add_argument("--eval-every", type=_positive_int, dest="eval_every")
-    p.add_argument("--checkpoint-every", type=_positive_int, dest="checkpoint_every")
-    p.add_argument("--device", help="auto (default), cpu, cuda, mps")
-    p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"])
+def add_train_args(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
+    """Options for TrainConfig's fields; `defaults` is what they are when not given."""
+    d = defaults
+    plan = f"{d.minutes:g} minutes" if d.minutes else f"{d.steps} steps"
+    p.add_argument("--preset", help=f"model size, a preset of model.py (default: {d.preset})")
+    p.add_argument("--steps", type=_positive_int,
+                   help=f"plan the run in optimizer steps (default plan: {plan})")
+    p.add_argument("--minutes", type=_positive_float,
+                   help="plan it in minutes instead: the learning rate follows the clock "
+                        f"(default plan: {plan})")
+    p.add_argument("--batch-tokens", type=_positive_int,
+                   help=f"tokens per step, padding included (default: {d.batch_tokens})")
+    p.add_argument("--lr", type=_positive_float,
+                   help=f"peak learning rate (default: {d.lr:g})")
+    p.add_argument("--warmup", type=int, help=f"warmup steps (default: {d.warmup})")
+    p.add_argument("--topic-weight", type=_positive_float,
+                   help="loss weight of the tokens naming the topic; 1: no extra "
+                        f"(default: {d.topic_weight:g})")
+    p.add_argument("--vocab-size", type=_positive_int,
+                   help=f"the largest vocabulary to learn (default: {d.vocab_size})")
+    p.add_argument("--eval-every", type=_positive_int,
+                   help=f"steps between validations (default: {d.eval_every})")
+    p.add_argument("--checkpoint-every", type=_positive_int,
+                   help=f"steps between checkpoints (default: {d.checkpoint_every})")
+    p.add_argument("--device", help=f"auto, cpu, cuda, cuda:N or mps (default: {d.device})")
+    p.add_argument("--dtype", choices=DTYPES,
+                   help=f"auto: bf16 autocast on CUDA, fp32 elsewhere (default: {d.dtype})")
     p.add_argument("--compile", action="store_true", default=None, help="use torch.compile")
-    p.add_argument("--quiet", action="store_true", default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="guppy", description="GuppyLM: build a tiny chat "
                                      "language model, from persona data to a chatting fish.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    data_defaults, train_defaults, run_defaults = DataConfig(), TrainConfig(), run_config()
 
-    p = sub.add_parser("data", help="generate conversations from a persona, or show stats",
-                       description="Generate train/val/test conversations from a persona. "
+    p = sub.add_parser("data", help="compose conversations from a persona, or show stats",
+                       description="Compose train/val/test conversations from a persona. "
                                    "`guppy data stats [DIR]` shows figures for a data folder.")
-    p.add_argument("--persona", default="guppy", help="built-in name or a .toml path")
-    p.add_argument("--n", type=_positive_int, default=60_000, help="conversations in all")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="data", help="output folder (default: data)")
+    add_data_args(p, data_defaults)
+    p.add_argument("--out", default=train_defaults.data,
+                   help="output folder (default: %(default)s)")
     data_sub = p.add_subparsers(dest="action", metavar="ACTION")
     stats = data_sub.add_parser("stats", help="figures for a data folder")
-    stats.add_argument("dir", nargs="?", default="data")
+    stats.add_argument("dir", nargs="?", default=train_defaults.data)
     p.set_defaults(func=cmd_data, action=None)
 
     p = sub.add_parser("persona", help="work with persona files")
@@ -190,46 +212,69 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--seed", type=int, default=0)
     check.set_defaults(func=cmd_persona_check)
 
-    p = sub.add_parser("train", help="train a tokenizer and a model on generated data",
+    p = sub.add_parser("train", help="train a tokenizer and a model on composed data",
                        description="Train into a run folder; `--resume` continues after a crash.")
-    p.add_argument("--data", help="data folder from `guppy data` (default: data)")
-    # --run-dir too: under torchrun, its own parser takes --run for --run-path
-    p.add_argument("--run", "--run-dir", dest="run",
-                   help="run folder to write (default: runs/guppy)")
-    add_train_args(p)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--resume", action="store_true", default=None,
-                   help="continue the run in --run from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true", default=None,
-                   help="replace an existing run folder")
+    add_folder_args(p, train_defaults)
+    add_train_args(p, train_defaults)
+    p.add_argument("--seed", type=int, help="seeds the initial weights and the batch order "
+                                            f"(default: {train_defaults.seed})")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --run from its last checkpoint, with its config")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("chat", help="talk to a trained model")
-    p.add_argument("--model", default="runs/guppy", help="run folder (default: runs/guppy)")
+    p.add_argument("--model", default=train_defaults.run,
+                   help="run folder (default: %(default)s)")
     p.add_argument("--prompt", help="print one reply to this message and exit")
     p.add_argument("--show-topic", action="store_true",
                    help="show the topic the model names before each reply, e.g. [food]")
     add_sampling_args(p)
     p.set_defaults(func=cmd_chat)
 
+    p = sub.add_parser("serve", help="an OpenAI-compatible server and a chat page for a model",
+                       description="Serve a run folder: POST /v1/chat/completions for any "
+                                   "OpenAI client, and a chat page at /.")
+    p.add_argument("run", nargs="?", default=train_defaults.run, metavar="RUN",
+                   help="run folder (default: %(default)s)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: %(default)s; 0.0.0.0 for the network)")
+    p.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser("eval", help="measure trained models; write report.md into each run",
                        description="Losses, bits per byte, the persona test, well-formedness, "
                                    "variety and multi-turn figures; several runs side by side.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s), e.g. runs/guppy")
-    p.add_argument("--data", help="data folder (default: the one the run was trained on)")
+    p.add_argument("--data", help="data folder (default: the one the run was trained on, "
+                                  "or, when it is gone, the same data composed again)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("run", help="the whole pipeline: data, tokenizer, training, sample chat",
-                       description="Generate data, train the default model within a time "
-                                   "budget, and show sample exchanges.")
-    p.add_argument("--persona", default="guppy", help="built-in name or a .toml path")
-    p.add_argument("--n", type=_positive_int, default=60_000, help="conversations to generate")
-    p.add_argument("--data", default="data")
-    p.add_argument("--run", default="runs/guppy")
-    add_train_args(p)
-    p.add_argument("--seed", type=int, default=0)
+                       description="Compose data, train a model within a time budget "
+                                   "(pipeline.RUN_PRESET), show sample exchanges, evaluate.")
+    add_data_args(p, data_defaults)
+    add_folder_args(p, run_defaults)
+    add_train_args(p, run_defaults)
     p.set_defaults(func=cmd_run)
     return parser
+
+
+def add_data_args(p: argparse.ArgumentParser, defaults: DataConfig) -> None:
+    """--persona, and options for DataConfig's fields (`--seed` seeds training too)."""
+    p.add_argument("--persona", default="guppy", help="built-in name or a .toml path "
+                                                      "(default: %(default)s)")
+    p.add_argument("--n", type=_positive_int,
+                   help=f"conversations in all (default: {defaults.n:,})")
+    p.add_argument("--seed", type=int,
+                   help=f"seeds the composer, and training too (default: {defaults.seed})")
+
+
+def add_folder_args(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
+    p.add_argument("--data", help=f"data folder from `guppy data` (default: {defaults.data})")
+    # --run-dir too: under torchrun, its own parser takes --run for --run-path
+    p.add_argument("--run", "--run-dir", dest="run",
+                   help=f"run folder to write (default: {defaults.run})")
 
 
 def _positive_float(text: str) -> float:
@@ -257,9 +302,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except GuppyError as e:
-        print(f"guppy: error: {e}", file=sys.stderr)
+        print(f"guppy: error: {in_flags(e, args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
     return 0
+
+
+def in_flags(error: GuppyError, args: argparse.Namespace) -> str:
+    """The error's message, naming the flag (--preset) where it names a config field that
+    this command has a flag for (TrainConfig.preset): that is what the user typed."""
+    if isinstance(error, ConfigError) and hasattr(args, error.field):
+        return error.for_flag("--" + error.field.replace("_", "-"))
+    return str(error)

@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import bisect
 import json
-import os
 import random
-import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from guppylm import template
+from guppylm.atomic import atomic_write_all
 from guppylm.chat_format import conversation, normalize_user_text, turns
-from guppylm.errors import GuppyError
+from guppylm.errors import ConfigError, GuppyError
 from guppylm.persona import SUBJECT, Persona, Topic
+from guppylm.scoring import first_sentence
 
 SPLITS = ("train", "val", "test")
 
@@ -112,15 +112,25 @@ class Composer:
         exchanges = [(self.prompt(topic, split), self.expand(topic.replies), topic.name)]
         if self.rng.random() < self.cfg.multi_turn_share:
             for _ in range(self.rng.randint(1, 3)):
+                previous = exchanges[-1][1]
                 follow = topic.more and self.persona.followups
                 if follow and self.rng.random() < self.cfg.followup_share:
                     user = self.styled(self.expand(self.followups[split]))
-                    exchanges.append((user, self.expand(topic.more), topic.name))
+                    exchanges.append((user, self.fresh(topic.more, previous), topic.name))
                 else:
                     topic = self.pick_topic(other_than=topic)
-                    exchanges.append((self.prompt(topic, split), self.expand(topic.replies),
-                                      topic.name))
+                    exchanges.append((self.prompt(topic, split),
+                                      self.fresh(topic.replies, previous), topic.name))
         return conversation(exchanges)
+
+    def fresh(self, templates: list[tuple], previous: str, tries: int = 8) -> str:
+        """A reply that does not begin as the previous one did: a character that opens each
+        answer with the sentence it just said sounds broken, and a model learns it."""
+        for _ in range(tries):
+            reply = self.expand(templates)
+            if first_sentence(reply) != first_sentence(previous):
+                return reply
+        return reply
 
     def prompt(self, topic: Topic, split: str) -> str:
         if topic.name in self.subjects and self.persona.about \
@@ -136,7 +146,7 @@ class Composer:
         body, end = _split_end(text)
         if persona.names and rng.random() < cfg.name_rate:
             name = rng.choice(persona.names)
-            r = rng.random()
+            r = rng.random()  # half before ("guppy, are you ok"), half after, mostly bare
             if r < 0.5:
                 body = f"{name}, {body}"
             else:
@@ -185,15 +195,19 @@ def _typo(text: str, rng: random.Random) -> str:
     return " ".join(words)
 
 
-def generate(persona: Persona, cfg: DataConfig) -> dict[str, list[dict]]:
-    """Compose `cfg.n` conversations and divide them into honest train/val/test splits."""
+def compose(persona: Persona, cfg: DataConfig) -> dict[str, list[dict]]:
+    """Compose `cfg.n` conversations and divide them into honest train/val/test splits.
+
+    The same persona and config give the same conversations, byte for byte.
+    """
     if cfg.n < 3:
-        raise GuppyError(f"--n {cfg.n}: too few conversations; ask for at least 3")
-    if min(cfg.val_phrasings, cfg.test_phrasings) <= 0 \
-            or cfg.val_phrasings + cfg.test_phrasings >= 1:
-        raise GuppyError(f"DataConfig: val_phrasings {cfg.val_phrasings} and test_phrasings "
-                         f"{cfg.test_phrasings} leave no phrasings to hold out or to train on; "
-                         "give each a share above 0, together below 1")
+        raise ConfigError("DataConfig", "n", cfg.n, "too few conversations; ask for at least 3")
+    for name in ("val_phrasings", "test_phrasings"):
+        if not 0 < getattr(cfg, name) < 1 or cfg.val_phrasings + cfg.test_phrasings >= 1:
+            raise ConfigError("DataConfig", name, getattr(cfg, name),
+                              f"with val_phrasings {cfg.val_phrasings} and test_phrasings "
+                              f"{cfg.test_phrasings}, no phrasings are left to hold out or "
+                              "to train on; give each a share above 0, together below 1")
     composer = Composer(persona, cfg)
     n_val = max(1, round(cfg.n * cfg.val_share))
     n_test = max(1, round(cfg.n * cfg.test_share))
@@ -221,8 +235,8 @@ def generate(persona: Persona, cfg: DataConfig) -> dict[str, list[dict]]:
 def write(splits: dict[str, list[dict]], persona: Persona, cfg: DataConfig, out: Path) -> None:
     """Write the splits, a copy of the persona and meta.json into `out`, all or nothing.
 
-    Every file is written to a temporary name first and renamed only once all are
-    complete, so an interrupted run leaves the earlier data as it was.
+    The files are renamed into place only once all are written (atomic.py), so an
+    interrupted run leaves the earlier data as it was.
     """
     out.mkdir(parents=True, exist_ok=True)
     files = {f"{s}.jsonl": "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in splits[s])
@@ -234,19 +248,7 @@ def write(splits: dict[str, list[dict]], persona: Persona, cfg: DataConfig, out:
     meta = {"persona": persona.name, "persona_file": persona.path, "config": asdict(cfg),
             "conversations": {s: len(splits[s]) for s in SPLITS}}
     files["meta.json"] = json.dumps(meta, indent=2) + "\n"
-    temps = {}
-    try:
-        for name, text in files.items():
-            fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
-            temps[name] = tmp
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-        for name, tmp in temps.items():
-            os.replace(tmp, out / name)
-    finally:
-        for tmp in temps.values():
-            if os.path.exists(tmp):
-                os.remove(tmp)
+    atomic_write_all({out / name: text for name, text in files.items()})
 
 
 def read_split(folder: Path, split: str) -> list[dict]:

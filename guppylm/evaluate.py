@@ -14,20 +14,27 @@ import math
 import time
 import tomllib
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-
-import torch
 
 from guppylm import data as data_mod
 from guppylm import persona as persona_mod
+from guppylm.atomic import atomic_write
 from guppylm.batching import collate, encode_examples, make_batches
 from guppylm.chat import Guppy
 from guppylm.chat_format import turns
 from guppylm.checkpoint import read_config
 from guppylm.errors import GuppyError
-from guppylm.model import IGNORE
-from guppylm.scoring import Grammar, copy_rate, distinct_n, judge, split_sentences, uses_any
+from guppylm.report import write_report
+from guppylm.scoring import (
+    Grammar,
+    copy_rate,
+    distinct_n,
+    first_sentence,
+    judge,
+    uses_any,
+)
+from guppylm.train import mean_loss
 
 STYLES = ("plain", "shouting", "typos", "slang", "rambling", "emoji", "foreign", "injection",
           "minimal")
@@ -94,7 +101,6 @@ def load_persona_test(path: Path, persona: persona_mod.Persona) -> PersonaTest:
 
 # ----------------------------------------------------------------------------- losses
 
-@torch.no_grad()
 def split_loss(guppy: Guppy, conversations: list[dict],
                batch_tokens: int = 8192) -> tuple[float, float]:
     """(mean loss in nats per assistant token, bits per byte of assistant text).
@@ -103,17 +109,14 @@ def split_loss(guppy: Guppy, conversations: list[dict],
     (each reply, with its topic token and end-of-turn marker counted as one byte each), so
     models with different tokenizers compare fairly.
     """
-    model, tok = guppy.model, guppy.tok
-    examples = encode_examples(tok, conversations, model.cfg.context)
-    total_nats, tokens = 0.0, 0
-    for batch in make_batches(examples, batch_tokens, seed=0):
-        x, y, _ = collate(examples, batch, tok.end_id)
-        n = int((y != IGNORE).sum())
-        total_nats += model(x, y).item() * n
-        tokens += n
+    tok = guppy.tok
+    examples = encode_examples(tok, conversations, guppy.model.cfg.context)
+    batches = (collate(examples, batch, tok.end_id)[:2]
+               for batch in make_batches(examples, batch_tokens, seed=0))
+    loss, tokens = mean_loss(guppy.model, batches)
     n_bytes = sum(len(m["content"].encode("utf-8")) + 1 + bool(m.get("topic"))
                   for conv in conversations for m in conv["messages"] if m["role"] == "assistant")
-    return total_nats / max(1, tokens), total_nats / math.log(2) / max(1, n_bytes)
+    return loss, loss * tokens / math.log(2) / max(1, n_bytes)
 
 
 # ----------------------------------------------------------------------------- the test
@@ -162,11 +165,6 @@ def run_conversations(guppy: Guppy, test: PersonaTest, persona: persona_mod.Pers
     return rows
 
 
-def first_sentence(text: str) -> str:
-    sentences = split_sentences(text)
-    return sentences[0].strip().lower() if sentences else ""
-
-
 def repeat_rate(rows: list[dict]) -> float:
     """The share of follow-up turns (2nd on) that begin with the previous reply's sentence."""
     return rate([r for r in rows if r["turn"] > 1], "repeats")
@@ -208,7 +206,11 @@ def rate_by(rows: list[dict], by: str) -> dict[str, float]:
 # ----------------------------------------------------------------------------- evaluate
 
 def evaluate_run(run: Path, data_dir: Path | None = None, quiet: bool = False) -> dict:
-    """All the figures for one run folder; also writes eval.json, report.md and plots."""
+    """All the figures for one run folder; also writes eval.json, report.md and plots.
+
+    `data_dir`: the data the run was trained on, if not where config.json says (see
+    `trained_splits`). `quiet`: no message when the splits are composed again.
+    """
     start = time.perf_counter()
     config = read_config(run)
     persona_path = run / "persona.toml"
@@ -217,9 +219,8 @@ def evaluate_run(run: Path, data_dir: Path | None = None, quiet: bool = False) -
                          "keeps a copy of its persona")
     persona = persona_mod.load(str(persona_path))
     test = load_persona_test(persona_test_path(persona_path), persona)
-    data_dir = Path(data_dir or config["train"]["data"])
     guppy = Guppy.load(run)
-    splits = {s: data_mod.read_split(data_dir, s) for s in data_mod.SPLITS}
+    splits = trained_splits(run, config, persona, data_dir, quiet)
     train_replies = {r for conv in splits["train"] for _, r in turns(conv)}
 
     metrics: dict = {"run": str(run), "preset": config["train"]["preset"],
@@ -247,12 +248,47 @@ def evaluate_run(run: Path, data_dir: Path | None = None, quiet: bool = False) -
         "prompts": len(test.prompts), "samples": len(rows),
         "seconds": round(time.perf_counter() - start, 1),
     })
-    from guppylm.report import write_report
-
     write_report(run, metrics, rows, multi)
-    (run / "eval.json").write_text(json.dumps({**metrics, "rows": rows, "multi_turn": multi},
-                                              indent=1) + "\n")
+    atomic_write(run / "eval.json", json.dumps({**metrics, "rows": rows, "multi_turn": multi},
+                                               indent=1) + "\n")
     return metrics
+
+
+def trained_splits(run: Path, config: dict, persona: persona_mod.Persona,
+                   data_dir: Path | None = None, quiet: bool = False) -> dict[str, list[dict]]:
+    """The train/val/test conversations a run was trained and validated on.
+
+    From `data_dir` if given; else from the data folder that config.json records, if it
+    still holds the same data (the DataConfig and persona the run recorded); else composed
+    again, in memory, from the run's copy of its persona and the recorded DataConfig: the
+    same persona and config give the same conversations.
+    """
+    if data_dir is not None:
+        return _read_splits(Path(data_dir))
+    recorded, data_cfg = Path(config["train"]["data"]), config.get("data")
+    if data_cfg is None or _holds(recorded, data_cfg, run):  # no DataConfig: trust the folder
+        return _read_splits(recorded)
+    if not quiet:
+        print(f"{run}: {recorded} no longer holds the data this run was trained on; composing "
+              f"it again from {run / 'persona.toml'} (n={data_cfg['n']:,}, "
+              f"seed={data_cfg['seed']})")
+    known = {f.name for f in fields(data_mod.DataConfig)}
+    return data_mod.compose(persona, data_mod.DataConfig(
+        **{k: v for k, v in data_cfg.items() if k in known}))
+
+
+def _read_splits(folder: Path) -> dict[str, list[dict]]:
+    return {split: data_mod.read_split(folder, split) for split in data_mod.SPLITS}
+
+
+def _holds(folder: Path, data_cfg: dict, run: Path) -> bool:
+    """Whether `folder` holds the data composed with `data_cfg` from the run's persona."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        same_persona = (folder / "persona.toml").read_bytes() == (run / "persona.toml").read_bytes()
+    except (OSError, ValueError):
+        return False
+    return meta.get("config") == data_cfg and same_persona
 
 
 HEADLINE = [("persona test pass", "persona_pass", "{:.1%}"),

@@ -1,4 +1,5 @@
-"""Plots written into a run folder (matplotlib, no screen needed)."""
+"""Plots written into a run folder (matplotlib, no screen needed): the loss curves of
+training, and the persona test's pass rates that `guppy eval` draws."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+from guppylm.atomic import atomic_write  # noqa: E402
 
 
 def plot_loss(metrics_path: Path, out: Path) -> None:
@@ -28,11 +31,29 @@ def plot_loss(metrics_path: Path, out: Path) -> None:
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(out)
+    save(fig, out)
+
+
+def plot_rates(rates: dict[str, float], title: str, out: Path) -> None:
+    """One horizontal bar per name (a topic, a style of prompt), from 0 to 1."""
+    names = list(rates)
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.22 * len(names) + 1)), dpi=110)
+    ax.barh(names, [rates[n] for n in names], color="#3182bd")
+    ax.set_xlim(0, 1)
+    ax.invert_yaxis()
+    ax.set_title(title)
+    ax.tick_params(axis="y", labelsize=7 if len(names) > 20 else 9)
+    ax.grid(axis="x", alpha=0.3)
+    save(fig, out)
+
+
+def save(fig: plt.Figure, out: Path) -> None:
+    """Write a figure as PNG, atomically, and free it."""
+    try:
+        fig.tight_layout()
+        atomic_write(out, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def _smooth(values, weight: float = 0.9) -> list[float]:

@@ -5,12 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-
-from guppylm.plots import plot_loss  # noqa: E402
+from guppylm.atomic import atomic_write
+from guppylm.plots import plot_loss, plot_rates
 
 EXAMPLES = 6
 
@@ -90,9 +86,7 @@ def write_report(run: Path, m: dict, rows: list[dict], multi: list[dict]) -> Non
         "![topics](persona_topics.png)",
         "",
     ])
-    tmp = run / ".report.md.tmp"
-    tmp.write_text(text + "\n", encoding="utf-8")
-    tmp.replace(run / "report.md")
+    atomic_write(run / "report.md", text + "\n")
 
 
 def _examples(rows: list[dict], reasons: bool = False) -> list[str]:
@@ -113,19 +107,3 @@ def _confusions(rows: list[dict], top: int = 8) -> list[str]:
                     if not r.get("routed"))
     return [f"- {wanted} → {named}: {n}" for (wanted, named), n in pairs.most_common(top)] \
         or ["- none"]
-
-
-def plot_rates(rates: dict[str, float], title: str, out: Path) -> None:
-    names = list(rates)
-    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.22 * len(names) + 1)), dpi=110)
-    ax.barh(names, [rates[n] for n in names], color="#3182bd")
-    ax.set_xlim(0, 1)
-    ax.invert_yaxis()
-    ax.set_title(title)
-    ax.tick_params(axis="y", labelsize=7 if len(names) > 20 else 9)
-    ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(out)

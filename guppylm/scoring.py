@@ -74,6 +74,12 @@ def split_sentences(text: str) -> list[str]:
     return [s for s in _SENTENCE_END.split(text.strip()) if s]
 
 
+def first_sentence(text: str) -> str:
+    """The first sentence, lowercased: what a reader notices when a reply repeats itself."""
+    sentences = split_sentences(text)
+    return sentences[0].strip().lower() if sentences else ""
+
+
 # ----------------------------------------------------------------------------- grammar
 
 class Grammar:

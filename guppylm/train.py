@@ -5,8 +5,9 @@
 - Loss is computed on the assistant's tokens only: the model learns to answer, not to
   imitate users.
 - Batches group conversations of similar length, so almost no compute goes to padding.
-- A checkpoint (weights, optimizer, schedule, RNG) is written atomically every few steps;
-  `--resume` continues after a crash exactly as if nothing had happened.
+- A run is planned in steps or in minutes (`Schedule`). A checkpoint (weights, optimizer,
+  schedule, RNG) is written atomically every few steps; `train(cfg, resume=True)` (the CLI's
+  `--resume`) continues after a crash exactly as if nothing had happened.
 - The same code runs on CPU, CUDA and Apple MPS, and under `torchrun` on many devices.
 """
 
@@ -18,7 +19,8 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -26,60 +28,202 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from guppylm import data as data_mod
+from guppylm.atomic import atomic_write
 from guppylm.batching import BatchStream, collate, encode_examples, make_batches
 from guppylm.chat_format import chat_texts, topics_of
 from guppylm.checkpoint import (
     load_checkpoint,
-    model_weights,
     read_config,
-    save_atomic,
     save_checkpoint,
+    save_model,
     write_config,
-    write_text_atomic,
 )
-from guppylm.errors import GuppyError
+from guppylm.errors import ConfigError, GuppyError
 from guppylm.model import GPT, IGNORE, PRESETS, GPTConfig
+from guppylm.plots import plot_loss
 from guppylm.tokenizer import Tokenizer, train_tokenizer
+from guppylm.train_config import DTYPES, TrainConfig
+
+# A timed run spends this share of its minutes on training steps and leaves the rest for
+# what follows the last step (validation, checkpoint, weights, plot): the whole run then
+# ends within its minutes.
+TRAINING_SHARE = 0.97
+VALIDATION_SEED = 12345  # any fixed seed: every validation measures the same batches
 
 
-@dataclass
-class TrainConfig:
-    data: str = "data"
-    run: str = "runs/guppy"
-    preset: str = "guppy-9m"
-    vocab_size: int = 4096
-    steps: int = 2000  # total optimizer steps, unless `minutes` sets them
-    minutes: float | None = None  # fit the run into this much wall time (measured at start)
-    batch_tokens: int = 4096  # tokens per step, padding included (per device)
-    lr: float = 2e-3
-    topic_weight: float = 4.0  # loss weight of the token naming the topic (1 = like the rest)
-    drop_history_topics: float = 0.5  # share of past assistant turns trained without topic
-    min_lr_ratio: float = 0.1  # cosine decay ends at lr * this
-    warmup: int = 50
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    eval_every: int = 100
-    eval_tokens: int = 16_384  # validation tokens per periodic evaluation
-    checkpoint_every: int = 100
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
-    compile: bool = False
-    resume: bool = False
-    overwrite: bool = False
-    quiet: bool = False
+# ----------------------------------------------------------------------------- the loop
+
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
+          quiet: bool = False) -> GPT:
+    """Train a model into the run folder `cfg.run`; return it.
+
+    resume: continue the run in `cfg.run` from its last checkpoint, with the config it was
+    started with (only `cfg.device` may differ). overwrite: replace a run already in
+    `cfg.run`. quiet: no progress bar and no messages.
+    """
+    rank, world = _distributed_setup()
+    main = rank == 0
+    if resume:
+        cfg = saved_config(Path(cfg.run), device=cfg.device)
+    device = pick_device(cfg.device)
+    amp = autocast_dtype(device, cfg.dtype)
+    train_convs = data_mod.read_split(Path(cfg.data), "train")
+    val_convs = data_mod.read_split(Path(cfg.data), "val")
+    model_config_for(cfg.preset, cfg.vocab_size)  # a bad preset fails before anything is written
+    run = Path(cfg.run)
+    if main:
+        prepare_run_folder(cfg, train_convs, resume, overwrite)
+    _barrier(world)  # the tokenizer is written before the other processes read it
+    tok = Tokenizer.load(run / "tokenizer.json")
+
+    model_cfg = model_config_for(cfg.preset, tok.vocab_size)
+    torch.manual_seed(cfg.seed)
+    model = GPT(model_cfg).to(device)
+    opt = make_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    examples = encode_examples(tok, train_convs, model_cfg.context,
+                               cfg.drop_history_topics, cfg.seed)
+    stream = BatchStream(examples, cfg.batch_tokens, cfg.seed, tok.end_id, cfg.topic_weight)
+    val_batches = validation_batches(encode_examples(tok, val_convs, model_cfg.context),
+                                     cfg, tok.end_id)
+    if resume:
+        saved = load_checkpoint(run, model, opt, scaler)
+        step, elapsed, schedule = saved["step"], saved["elapsed_s"], Schedule(**saved["schedule"])
+    else:
+        step, elapsed, schedule = 0, 0.0, Schedule.plan(cfg)
+        if main:
+            write_config(run, model_cfg, replace(cfg, data=str(Path(cfg.data).resolve())),
+                         {**data_record(Path(cfg.data)), "vocab_size": tok.vocab_size,
+                          "parameters": model.num_params(), "device": str(device)})
+    log = Log(run if main else None, step, elapsed, schedule, show=main and not quiet)
+    log.say(f"training {cfg.preset} ({model.num_params() / 1e6:.2f}M parameters, vocabulary "
+            f"{tok.vocab_size:,}) on {device} ({amp or torch.float32}), {len(examples):,} "
+            f"conversations, {stream.per_epoch:,} batches an epoch"
+            + (f", {world} processes" if world > 1 else "")
+            + (f", for {schedule.budget_s / 60:.1f} minutes" if schedule.budget_s else ""))
+
+    forward = distributed_and_compiled(model, cfg.compile, world, device)
+    start = time.perf_counter() - elapsed  # a resumed run's clock goes on from its checkpoint
+    model.train()
+    while not schedule.finished(step, elapsed):
+        x, y, weights, real = stream.get(step, rank, world)
+        lr = schedule.lr_at(step, elapsed)
+        loss = optimizer_step(forward, opt, scaler, lr, cfg.grad_clip, amp,
+                              x.to(device), y.to(device), weights.to(device))
+        step += 1
+        elapsed = _agreed(time.perf_counter() - start, world, device)  # ranks stop together
+        schedule.record(step, elapsed)
+        last = schedule.finished(step, elapsed)
+        log.step(step, loss, lr, x.numel() * world, real * world, elapsed)
+        if main and (step % cfg.eval_every == 0 or last):
+            log.validation(step, mean_loss(model, val_batches, amp)[0])
+        if main and (step % cfg.checkpoint_every == 0 or last):
+            log.flush()
+            save_checkpoint(run, model, opt, scaler, {"step": step, "elapsed_s": elapsed,
+                                                      "schedule": asdict(schedule)})
+    log.close()
+    if main:
+        save_model(run, model, {"steps": step, "preset": cfg.preset})
+        plot_loss(run / "metrics.jsonl", run / "loss.png")
+    _barrier(world)
+    return model
+
+
+def optimizer_step(forward: torch.nn.Module, opt: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler, lr: float, grad_clip: float,
+                   amp: torch.dtype | None, x: torch.Tensor, y: torch.Tensor,
+                   weights: torch.Tensor) -> torch.Tensor:
+    """One AdamW step on one batch at learning rate `lr`; returns the batch's loss.
+
+    In fp16 the scaler multiplies the loss before backward, so that small gradients do not
+    underflow to zero, divides them back before clipping, and skips any step whose
+    gradients overflowed (lowering the scale for the next). Otherwise it does nothing.
+    """
+    for group in opt.param_groups:
+        group["lr"] = lr
+    with autocast(x.device, amp):
+        loss = forward(x, y, weights=weights)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_(forward.parameters(), grad_clip)
+    scaler.step(opt)
+    scaler.update()
+    return loss
+
+
+@torch.no_grad()
+def mean_loss(model: GPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+              amp: torch.dtype | None = None) -> tuple[float, int]:
+    """(mean loss per assistant token, number of assistant tokens) over batches of (inputs,
+    targets). Each batch's mean counts by its number of targets, so every token counts
+    alike however the batches are cut. Unweighted: the topic weight is for training only.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for x, y in batches:
+        n = int((y != IGNORE).sum())
+        if n:
+            with autocast(device, amp):
+                total += model(x.to(device), y.to(device)).item() * n
+            count += n
+    model.train(was_training)
+    return total / max(1, count), count
 
 
 # ----------------------------------------------------------------------------- schedule
 
-def lr_at(step: int, progress: float, cfg: TrainConfig) -> float:
-    """Linear warmup over the first steps, then cosine decay to lr * min_lr_ratio as
-    `progress` (the share of the run after warmup, in steps or in time) goes from 0 to 1."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = min(1.0, max(0.0, progress))
-    floor = cfg.lr * cfg.min_lr_ratio
-    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+@dataclass
+class Schedule:
+    """When the run ends, and the learning rate on the way there: linear warmup over the
+    first steps, then cosine decay to `min_lr`.
+
+    A run is planned in steps, or in seconds: then the cosine follows the clock instead of
+    the step count, so the run fills its time whatever the speed of the machine. Each
+    checkpoint saves the schedule and a resumed run continues it, so the curve goes on as if
+    nothing had happened (and a timed run keeps the time it had left).
+    """
+
+    lr: float
+    min_lr: float
+    warmup: int  # steps
+    total_steps: int | None = None  # planned in steps ...
+    budget_s: float | None = None  # ... or in seconds of training
+    warm_s: float | None = None  # a timed run: when warmup ended, where the cosine starts
+
+    @classmethod
+    def plan(cls, cfg: TrainConfig) -> Schedule:
+        lrs = {"lr": cfg.lr, "min_lr": cfg.lr * cfg.min_lr_ratio, "warmup": cfg.warmup}
+        if cfg.minutes:
+            return cls(**lrs, budget_s=TRAINING_SHARE * cfg.minutes * 60)
+        return cls(**lrs, total_steps=cfg.steps)
+
+    def lr_at(self, step: int, elapsed: float) -> float:
+        """The learning rate of step `step` (from 0), `elapsed` seconds into the run."""
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        progress = min(1.0, max(0.0, self.progress(step, elapsed)))
+        return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def progress(self, step: int, elapsed: float) -> float:
+        """How far the cosine has gone: 0 at the end of warmup, 1 at the end of the run."""
+        if self.budget_s is None:
+            return (step - self.warmup) / max(1, self.total_steps - self.warmup)
+        if self.warm_s is None:
+            return 0.0
+        return (elapsed - self.warm_s) / max(1e-9, self.budget_s - self.warm_s)
+
+    def record(self, step: int, elapsed: float) -> None:
+        """Note that `step` steps took `elapsed` seconds: a timed run keeps when warmup ended."""
+        if self.budget_s is not None and self.warm_s is None and step >= self.warmup:
+            self.warm_s = elapsed
+
+    def finished(self, step: int, elapsed: float) -> bool:
+        if self.budget_s is None:
+            return step >= self.total_steps
+        return elapsed >= self.budget_s
 
 
 def make_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -89,7 +233,151 @@ def make_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.AdamW:
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
+    # beta2 0.95 rather than PyTorch's 0.999, as in GPT-3 and nanoGPT: a shorter average of
+    # squared gradients adapts sooner, which keeps high learning rates stable
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+# ----------------------------------------------------------------------------- logging
+
+class Log:
+    """What the first process shows and keeps: a tqdm bar (loss, real tokens per second,
+    and the time left of a timed run) and metrics.jsonl in the run folder, one JSON object
+    a line: each step's loss and learning rate, and each validation's loss.
+
+    With `run` None (the other processes of a distributed run) it keeps nothing.
+    """
+
+    def __init__(self, run: Path | None, step: int, elapsed: float, schedule: Schedule,
+                 show: bool):
+        self.metrics = None
+        if run is not None:
+            _drop_lines_after(run / "metrics.jsonl", step)  # a resumed run logs each step once
+            self.metrics = open(run / "metrics.jsonl", "a")
+        self.show, self.budget_s = show, schedule.budget_s
+        # on a terminal the bar redraws often; in a log file each redraw is a new line
+        self.bar = tqdm(total=schedule.total_steps, initial=step, unit="step", disable=not show,
+                        dynamic_ncols=True, mininterval=0.2 if sys.stderr.isatty() else 5.0)
+        self.since, self.tokens, self.real_tokens, self.loss = elapsed, 0, 0, math.nan
+
+    def say(self, text: str) -> None:
+        if self.show:
+            self.bar.write(text)
+
+    def step(self, step: int, loss: torch.Tensor, lr: float, tokens: int, real_tokens: int,
+             elapsed: float) -> None:
+        """Count a step of `tokens` (`real_tokens` of them not padding)."""
+        if self.metrics is None:
+            return
+        self.loss = loss.item()
+        self.tokens += tokens
+        self.real_tokens += real_tokens
+        seconds = max(1e-9, elapsed - self.since)  # this process's own time, for throughput
+        left = {"left": f"{max(0, self.budget_s - elapsed):.0f}s"} if self.budget_s else {}
+        self.bar.set_postfix(loss=f"{self.loss:.3f}", tok_s=f"{self.real_tokens / seconds:,.0f}",
+                             **left, refresh=False)  # the bar redraws at its own pace
+        self.bar.update(1)
+        self._write({"step": step, "loss": round(self.loss, 4), "lr": lr,
+                     "tokens_per_s": round(self.tokens / seconds),
+                     "real_tokens_per_s": round(self.real_tokens / seconds),
+                     "elapsed_s": round(elapsed, 2)})
+
+    def validation(self, step: int, val_loss: float) -> None:
+        self._write({"step": step, "val_loss": round(val_loss, 4)})
+        self.say(f"step {step:>5}: train loss {self.loss:.3f}, val loss {val_loss:.3f}")
+
+    def _write(self, row: dict) -> None:
+        if self.metrics is not None:
+            self.metrics.write(json.dumps(row) + "\n")
+
+    def flush(self) -> None:
+        if self.metrics is not None:
+            self.metrics.flush()
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.metrics is not None:
+            self.metrics.close()
+
+
+def _drop_lines_after(metrics: Path, step: int) -> None:
+    """Drop the metric lines written after the checkpoint a run resumes from (and a last
+    line that a crash cut short)."""
+    if metrics.is_file():
+        lines = [ln for ln in metrics.read_text().splitlines() if _step_of(ln) <= step]
+        atomic_write(metrics, "".join(ln + "\n" for ln in lines))
+
+
+def _step_of(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError):
+        return math.inf
+
+
+# ----------------------------------------------------------------------------- run folder
+
+def prepare_run_folder(cfg: TrainConfig, train_convs: list[dict], resume: bool,
+                       overwrite: bool) -> None:
+    """Make `cfg.run` ready to train in. To resume, the run must be there. A new run gets
+    an empty folder (an old run in it is replaced only with `overwrite`), the tokenizer,
+    trained on `train_convs`, and a copy of the persona files: the run keeps its character.
+    """
+    run = Path(cfg.run)
+    if resume:
+        if not (run / "config.json").is_file():
+            raise GuppyError(f"{run}: no run to resume; start it with `guppy train --run {run}`")
+        return
+    if run.exists() and any(run.iterdir()):
+        if not overwrite:
+            raise GuppyError(f"{run}: already holds a run; pass --resume to continue it, "
+                             "--overwrite to start over, or choose another --run")
+        shutil.rmtree(run)
+    run.mkdir(parents=True, exist_ok=True)
+    tok = train_tokenizer(chat_texts(train_convs), cfg.vocab_size, topics_of(train_convs))
+    atomic_write(run / "tokenizer.json", tok.save)
+    for name in ("persona.toml", "persona.test.toml"):
+        if (Path(cfg.data) / name).is_file():
+            atomic_write(run / name, (Path(cfg.data) / name).read_bytes())
+
+
+def saved_config(run: Path, device: str) -> TrainConfig:
+    """The config a run was started with (its config.json), to resume it in `run` on
+    `device`. Keys that are no TrainConfig field (from older versions) are ignored."""
+    saved = read_config(run)["train"]
+    known = {f.name for f in fields(TrainConfig)}
+    given = {k: v for k, v in saved.items() if k in known}
+    return TrainConfig(**{**given, "run": str(run), "device": device})
+
+
+def data_record(data_dir: Path) -> dict:
+    """What config.json keeps of the data: the persona's name, and the DataConfig the data
+    was composed with, so that `guppy eval` can compose the same splits again when the data
+    folder is gone (the run keeps a copy of the persona)."""
+    try:
+        meta = json.loads((data_dir / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"persona_name": "guppy"}
+    return {"persona_name": meta.get("persona", "guppy"), "data": meta.get("config")}
+
+
+def model_config_for(preset: str, vocab_size: int) -> GPTConfig:
+    if preset not in PRESETS:
+        raise ConfigError("TrainConfig", "preset", preset,
+                          f"unknown; choose one of {', '.join(PRESETS)}")
+    return GPTConfig(**{**asdict(PRESETS[preset]), "vocab_size": vocab_size})
+
+
+def validation_batches(examples: list[tuple], cfg: TrainConfig, pad_id: int) -> list[tuple]:
+    """The first batches of a fixed order, `cfg.eval_tokens` tokens in all."""
+    picked, tokens = [], 0
+    for batch in make_batches(examples, cfg.batch_tokens, seed=VALIDATION_SEED):
+        if tokens >= cfg.eval_tokens:
+            break
+        x, y, _ = collate(examples, batch, pad_id)
+        picked.append((x, y))
+        tokens += x.numel()
+    return picked
 
 
 # ----------------------------------------------------------------------------- devices
@@ -104,236 +392,40 @@ def pick_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise GuppyError(f"--device {name}: unknown device; use auto, cpu, cuda or mps") from None
+        raise ConfigError("TrainConfig", "device", name,
+                          "unknown device; use auto, cpu, cuda or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise GuppyError("--device cuda: no CUDA GPU is available here; use --device auto")
+        raise ConfigError("TrainConfig", "device", name,
+                          "no CUDA GPU is available here; use auto or cpu")
     return device
 
 
 def autocast_dtype(device: torch.device, dtype: str) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32."""
-    if dtype == "fp32" or (dtype == "auto" and device.type != "cuda"):
-        return None
-    if dtype in ("auto", "bf16"):
-        return torch.bfloat16
-    if dtype == "fp16":
-        return torch.float16
-    raise GuppyError(f"--dtype {dtype}: unknown; use auto, fp32, bf16 or fp16")
+    """The autocast dtype, or None for plain fp32. `auto` is bf16 on CUDA and fp32
+    elsewhere: CPUs without bf16 matrix units run bf16 slower than fp32
+    (docs/benchmarks.md)."""
+    if dtype not in DTYPES:
+        raise ConfigError("TrainConfig", "dtype", dtype, f"unknown; use {', '.join(DTYPES)}")
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
 
 
-# ----------------------------------------------------------------------------- run folder
-
-def prepare_run_folder(cfg: TrainConfig) -> Path:
-    run = Path(cfg.run)
-    if cfg.resume:
-        if not (run / "config.json").is_file():
-            raise GuppyError(f"{run}: no run to resume; start it with `guppy train --run {run}`")
-        return run
-    if run.exists() and any(run.iterdir()):
-        if not cfg.overwrite:
-            raise GuppyError(f"{run}: already holds a run; pass --resume to continue it, "
-                             "--overwrite to start over, or choose another --run")
-        shutil.rmtree(run)
-    run.mkdir(parents=True, exist_ok=True)
-    return run
+def autocast(device: torch.device, amp: torch.dtype | None) -> torch.autocast:
+    """Mixed precision in `amp`, or plain fp32 where it is None."""
+    return torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None)
 
 
-def model_config_for(cfg: TrainConfig, vocab_size: int) -> GPTConfig:
-    if cfg.preset not in PRESETS:
-        raise GuppyError(f"--preset {cfg.preset}: unknown; choose one of {', '.join(PRESETS)}")
-    return GPTConfig(**{**asdict(PRESETS[cfg.preset]), "vocab_size": vocab_size})
-
-
-def train_config_from(saved: dict, **overrides) -> TrainConfig:
-    known = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{**{k: v for k, v in saved.items() if k in known}, **overrides})
-
-
-# ----------------------------------------------------------------------------- the loop
-
-def train(cfg: TrainConfig) -> GPT:
-    """Train (or resume) a model into the run folder `cfg.run`; return it."""
-    rank, world = _distributed_setup()
-    main_process = rank == 0
-    device = pick_device(cfg.device)
-    amp = autocast_dtype(device, cfg.dtype)
-    if cfg.resume:
-        saved = read_config(Path(cfg.run))
-        cfg = train_config_from(saved["train"], resume=True, quiet=cfg.quiet,
-                                device=cfg.device, minutes=None)
-    train_convs = data_mod.read_split(Path(cfg.data), "train")
-    val_convs = data_mod.read_split(Path(cfg.data), "val")
-    model_config_for(cfg, cfg.vocab_size)  # an unknown preset fails before anything is written
-    run = prepare_run_folder(cfg) if main_process else Path(cfg.run)
-    _barrier(world)
-    tok_path = run / "tokenizer.json"
-    if main_process and not cfg.resume:  # one process trains the tokenizer, all load it
-        train_tokenizer(chat_texts(train_convs), cfg.vocab_size,
-                        topics_of(train_convs)).save(tok_path)
-        for name in ("persona.toml", "persona.test.toml"):  # the run keeps its character
-            if (Path(cfg.data) / name).is_file():
-                shutil.copyfile(Path(cfg.data) / name, run / name)
-    _barrier(world)
-    tok = Tokenizer.load(tok_path)
-
-    model_cfg = model_config_for(cfg, tok.vocab_size)
-    torch.manual_seed(cfg.seed)
-    model = GPT(model_cfg).to(device)
-    opt = make_optimizer(model, cfg)
-    examples = encode_examples(tok, train_convs, model_cfg.context,
-                               cfg.drop_history_topics, cfg.seed)
-    val_examples = encode_examples(tok, val_convs, model_cfg.context)
-    stream = BatchStream(examples, cfg.batch_tokens, cfg.seed, tok.end_id, cfg.topic_weight)
-    val_batches = _eval_batches(val_examples, cfg, tok.end_id)
-
-    # A run is planned in steps, or (--minutes) in wall time: then the cosine follows the
-    # clock, so the run uses its budget fully whatever the speed of the machine.
-    step, total, elapsed_before, warm_s = 0, cfg.steps, 0.0, None
-    budget = 0.97 * cfg.minutes * 60 if cfg.minutes else None
-    if budget:
-        total = 10**9  # until the time is up
-    if cfg.resume:
-        meta = load_checkpoint(run, model, opt)
-        step, total = meta["step"], meta["total_steps"]
-        elapsed_before, warm_s = meta.get("elapsed_s", 0.0), meta.get("warm_s")
-        budget = meta.get("budget_s")
-        _truncate_metrics(run / "metrics.jsonl", step)
-    elif main_process:
-        write_config(run, cfg, model_cfg, {"persona_name": _persona_name(Path(cfg.data)),
-                                           "vocab_size": tok.vocab_size,
-                                           "parameters": model.num_params(),
-                                           "device": str(device)})
-    if main_process and not cfg.quiet:
-        print(f"training {cfg.preset} ({model.num_params() / 1e6:.2f}M parameters, vocabulary "
-              f"{tok.vocab_size:,}) on {device} ({amp or torch.float32}), "
-              f"{len(examples):,} conversations, {stream.per_epoch:,} batches an epoch"
-              + (f", {world} processes" if world > 1 else "")
-              + (f", for {budget / 60:.1f} minutes" if budget else ""))
-
+def distributed_and_compiled(model: GPT, compile: bool, world: int,
+                             device: torch.device) -> torch.nn.Module:
+    """What the training steps call: the model, wrapped in DistributedDataParallel (which
+    averages gradients across processes) when there are several, and compiled if asked."""
     forward = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
         ids = [device.index] if device.type == "cuda" else None
         forward = DistributedDataParallel(model, device_ids=ids)
-    if cfg.compile:
-        forward = torch.compile(forward)
-
-    def loss_of(x: torch.Tensor, y: torch.Tensor, net=forward,
-                weights: torch.Tensor | None = None) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            return net(x.to(device), y.to(device),
-                       weights=None if weights is None else weights.to(device))
-
-    def progress(elapsed: float) -> float:
-        if budget is None:
-            return (step - cfg.warmup) / max(1, total - cfg.warmup)
-        return (elapsed - warm_s) / max(1e-9, budget - warm_s) if warm_s is not None else 0.0
-
-    metrics = open(run / "metrics.jsonl", "a") if main_process else None
-    bar = tqdm(total=None if budget else total, initial=step, unit="step", dynamic_ncols=True,
-               disable=not main_process or cfg.quiet, mininterval=0.2 if _is_tty() else 5.0)
-    start, tokens_done, real_done = time.perf_counter() - elapsed_before, 0, 0
-    model.train()
-    while step < total:
-        x, y, weights, real = stream.get(step, rank, world)
-        elapsed = time.perf_counter() - start
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, progress(elapsed), cfg)
-        loss = loss_of(x, y, weights=weights)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        step += 1
-        tokens_done += x.numel() * world
-        real_done += real * world
-        elapsed = _agreed(time.perf_counter() - start, world, device)  # ranks stop together
-        if warm_s is None and step >= cfg.warmup:
-            warm_s = elapsed
-        if budget and elapsed >= budget:
-            total = step  # time is up: this is the last step
-        if main_process:
-            loss_value = loss.item()
-            run_time = elapsed - elapsed_before
-            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{real_done / run_time:,.0f}",
-                            **({"left": f"{max(0, budget - elapsed):.0f}s"} if budget else {}),
-                            refresh=False)  # the bar redraws at its own pace
-            bar.update(1)
-            metrics.write(json.dumps({"step": step, "loss": round(loss_value, 4),
-                                      "lr": opt.param_groups[0]["lr"],
-                                      "tokens_per_s": round(tokens_done / run_time),
-                                      "real_tokens_per_s": round(real_done / run_time),
-                                      "elapsed_s": round(elapsed, 2)}) + "\n")
-        if step % cfg.eval_every == 0 or step == total:
-            val = evaluate(model, val_batches, loss_of)
-            if main_process:
-                metrics.write(json.dumps({"step": step, "val_loss": round(val, 4)}) + "\n")
-                bar.write(f"step {step:>5}: train loss {loss.item():.3f}, val loss {val:.3f}")
-        if main_process and (step % cfg.checkpoint_every == 0 or step == total):
-            metrics.flush()
-            save_checkpoint(run, model, opt, step, total, elapsed_s=elapsed, warm_s=warm_s,
-                            budget_s=budget)
-    bar.close()
-    if main_process:
-        metrics.close()
-        save_atomic(model_weights(model), run / "model.safetensors",
-                    {"steps": step, "preset": cfg.preset})
-        from guppylm.plots import plot_loss
-        plot_loss(run / "metrics.jsonl", run / "loss.png")
-    _barrier(world)
-    return model
-
-
-def _is_tty() -> bool:
-    return sys.stderr.isatty()
-
-
-def _persona_name(data_dir: Path) -> str:
-    try:
-        return json.loads((data_dir / "meta.json").read_text())["persona"]
-    except (OSError, ValueError, KeyError):
-        return "guppy"
-
-
-def _agreed(elapsed: float, world: int, device: torch.device) -> float:
-    """The largest elapsed time over all ranks, so that a time budget ends them together."""
-    if world == 1:
-        return elapsed
-    t = torch.tensor([elapsed], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t)
-
-
-@torch.no_grad()
-def evaluate(model: GPT, batches: list[tuple], loss_of) -> float:
-    """Mean loss over the assistant tokens of fixed validation batches."""
-    model.eval()
-    total, count = 0.0, 0
-    for x, y in batches:
-        n = int((y != IGNORE).sum())
-        total += loss_of(x, y, model).item() * n
-        count += n
-    model.train()
-    return total / max(1, count)
-
-
-def _eval_batches(examples: list[tuple], cfg: TrainConfig, pad_id: int) -> list[tuple]:
-    batches = make_batches(examples, cfg.batch_tokens, seed=12345)
-    picked, tokens = [], 0
-    for batch in batches:
-        if tokens >= cfg.eval_tokens:
-            break
-        x, y, _ = collate(examples, batch, pad_id)  # validation loss is unweighted
-        picked.append((x, y))
-        tokens += x.numel()
-    return picked
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines written after the checkpoint we resume from."""
-    if path.is_file():
-        lines = [ln for ln in path.read_text().splitlines() if json.loads(ln)["step"] <= step]
-        write_text_atomic(path, "".join(ln + "\n" for ln in lines))
+    return torch.compile(forward) if compile else forward
 
 
 def _distributed_setup() -> tuple[int, int]:
@@ -345,6 +437,15 @@ def _distributed_setup() -> tuple[int, int]:
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def _agreed(elapsed: float, world: int, device: torch.device) -> float:
+    """The largest elapsed time over all ranks, so that a time budget ends them together."""
+    if world == 1:
+        return elapsed
+    t = torch.tensor([elapsed], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
 
 
 def _barrier(world: int) -> None:

@@ -43,7 +43,7 @@ def test_held_out_shares_that_leave_nothing_are_refused(tiny_persona):
     p = persona.load(str(tiny_persona))
     for val, test in ((0.0, 0.06), (0.5, 0.5), (0.04, -0.1)):
         with pytest.raises(GuppyError, match="val_phrasings"):
-            data.generate(p, data.DataConfig(n=50, val_phrasings=val, test_phrasings=test))
+            data.compose(p, data.DataConfig(n=50, val_phrasings=val, test_phrasings=test))
 
 
 def test_test_prompts_come_only_from_held_out_phrasings(tiny_persona):
@@ -52,7 +52,7 @@ def test_test_prompts_come_only_from_held_out_phrasings(tiny_persona):
     plain = data.DataConfig(n=400, seed=3, name_rate=0, opener_rate=0, bare_rate=0,
                             double_rate=0, typo_rate=0,
                             about_rate=0)
-    splits = data.generate(p, plain)
+    splits = data.compose(p, plain)
     composer = data.Composer(p, plain)
     for split in ("val", "test"):
         for conv in splits[split]:
@@ -90,7 +90,7 @@ def _all_expansions(composer, topic, split, n=200):
 
 
 def test_no_test_pair_or_first_prompt_occurs_in_train(tiny_persona):
-    splits = data.generate(persona.load(str(tiny_persona)), data.DataConfig(n=1000))
+    splits = data.compose(persona.load(str(tiny_persona)), data.DataConfig(n=1000))
     train_pairs = {p for c in splits["train"] for p in turns(c)}
     train_prompts = {u for u, _ in train_pairs}
     for split in ("val", "test"):
@@ -101,7 +101,7 @@ def test_no_test_pair_or_first_prompt_occurs_in_train(tiny_persona):
 
 
 def test_multi_turn_share_and_chat_format(tiny_persona):
-    splits = data.generate(persona.load(str(tiny_persona)), data.DataConfig(n=2000))
+    splits = data.compose(persona.load(str(tiny_persona)), data.DataConfig(n=2000))
     convs = splits["train"]
     lengths = [len(c["messages"]) // 2 for c in convs]
     assert 0.15 < sum(n > 1 for n in lengths) / len(convs) < 0.25
@@ -114,7 +114,7 @@ def test_multi_turn_share_and_chat_format(tiny_persona):
 
 @pytest.mark.parametrize("name", ["guppy", "fern"])
 def test_diversity_at_60k(name):
-    splits = data.generate(persona.load(name), data.DataConfig(n=60_000))
+    splits = data.compose(persona.load(name), data.DataConfig(n=60_000))
     pairs = [p for split in splits.values() for c in split for p in turns(c)]
     assert len({u for u, _ in pairs}) >= 10_000
     assert len({r for _, r in pairs}) >= 20_000
@@ -125,13 +125,13 @@ def test_punctuation_only_prompts_are_never_emptied(tiny_persona):
     text = tiny_persona.read_text()
     text = text.replace('prompts = ["hi", "hello[ there]"', 'prompts = ["...", "?"')
     tiny_persona.write_text(text)
-    splits = data.generate(persona.load(str(tiny_persona)), data.DataConfig(n=2000))
+    splits = data.compose(persona.load(str(tiny_persona)), data.DataConfig(n=2000))
     prompts = [u for s in splits.values() for c in s for u, _ in turns(c)]
     assert all(prompts) and {"...", "?"} & set(prompts)
 
 
 def test_prompts_vary_in_style():
-    splits = data.generate(persona.load("guppy"), data.DataConfig(n=5000))
+    splits = data.compose(persona.load("guppy"), data.DataConfig(n=5000))
     prompts = [turns(c)[0][0] for c in splits["train"]]
     assert all(p == p.lower() for p in prompts)  # case is folded, for the model's sake
     assert any(p.endswith(("??", "!!")) for p in prompts)

@@ -7,10 +7,10 @@ import torch
 
 from guppylm import data, persona
 from guppylm.chat import Guppy
+from guppylm.chat_format import encode_chats
 from guppylm.errors import GuppyError
 from guppylm.evaluate import STYLES, load_persona_test, persona_test_path, split_loss
 from guppylm.scoring import Grammar, copy_rate, distinct_n, is_loop, judge
-from guppylm.chat_format import encode_chats
 from guppylm.train import TrainConfig, train
 
 from conftest import TINY_PERSONA_TEST, run_cli
@@ -81,19 +81,21 @@ def test_variety_measures():
 
 
 def test_bits_per_byte_of_a_uniform_model(tiny_persona, tmp_path):
+    from guppylm.chat_format import chat_texts, topics_of
     from guppylm.model import GPT, PRESETS, GPTConfig
-    from guppylm.tokenizer import chat_texts, train_tokenizer
+    from guppylm.tokenizer import train_tokenizer
 
-    convs = data.generate(persona.load(str(tiny_persona)), data.DataConfig(n=200))["train"]
-    tok = train_tokenizer(chat_texts(convs))
+    convs = data.compose(persona.load(str(tiny_persona)), data.DataConfig(n=200))["train"]
+    tok = train_tokenizer(chat_texts(convs), topics=topics_of(convs))
     model = GPT(GPTConfig(**{**vars(PRESETS["guppy-tiny"]), "vocab_size": tok.vocab_size}))
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()  # every logit 0: a uniform distribution over the vocabulary
     loss, bpb = split_loss(Guppy(model, tok), convs[:40])
-    tokens = sum(sum(mask[1:]) for _, mask in encode_chats(tok, convs[:40]))
-    # what the assistant writes is "topic | reply", then the end-of-turn marker (one byte)
-    n_bytes = sum(len(f"{m['topic']} | {m['content']}".encode()) + 1 for c in convs[:40]
+    tokens = sum(sum(m > 0 for m in mask[1:]) for _, mask in encode_chats(tok, convs[:40]))
+    # what the assistant writes: the topic token and the end-of-turn marker (one byte each)
+    # around the reply's UTF-8 bytes
+    n_bytes = sum(len(m["content"].encode()) + 2 for c in convs[:40]
                   for m in c["messages"] if m["role"] == "assistant")
     assert loss == pytest.approx(math.log(tok.vocab_size), rel=1e-5)
     assert bpb == pytest.approx(tokens * math.log2(tok.vocab_size) / n_bytes, rel=1e-5)
@@ -130,11 +132,11 @@ def two_runs(tmp_path_factory):
     (root / "minnow.test.toml").write_text(TINY_PERSONA_TEST)
     p = persona.load(str(root / "minnow.toml"))
     cfg = data.DataConfig(n=800)
-    data.write(data.generate(p, cfg), p, cfg, root / "data")
+    data.write(data.compose(p, cfg), p, cfg, root / "data")
     for name, steps in (("a", 5), ("b", 60)):
         train(TrainConfig(data=str(root / "data"), run=str(root / name), preset="guppy-tiny",
                           steps=steps, batch_tokens=1024, lr=1e-2, warmup=5, eval_every=30,
-                          quiet=True, device="cpu"))
+                          device="cpu"), quiet=True)
     return root
 
 
@@ -187,56 +189,29 @@ def test_eval_without_a_persona_test_says_how_to_add_one(two_runs, tmp_path, cap
     assert code == 2 and "persona.test.toml: missing" in err and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("stream_gives, ended", [
-    ("two tokens then <|end|>", True),
-    ("tokens up to the length limit", False),
-    ("a token then <|user|>", False),
-])
-def test_respond_says_whether_the_model_ended_its_turn(tiny_persona, monkeypatch,
-                                                        stream_gives, ended):
-    from guppylm import chat
-    from guppylm.model import GPT, PRESETS, GPTConfig
-    from guppylm.tokenizer import chat_texts, train_tokenizer
+def test_eval_works_from_anywhere_even_when_the_data_folder_is_gone(
+        tmp_path, monkeypatch, capsys, tiny_persona_with_test):
+    monkeypatch.chdir(tmp_path)
+    p = persona.load(str(tiny_persona_with_test))
+    cfg = data.DataConfig(n=300, seed=3)
+    data.write(data.compose(p, cfg), p, cfg, Path("data"))
+    train(TrainConfig(data="data", run="runs/x", preset="guppy-tiny", steps=5,
+                      batch_tokens=1024, device="cpu"), quiet=True)
+    run = (tmp_path / "runs" / "x").resolve()
 
-    convs = data.generate(persona.load(str(tiny_persona)), data.DataConfig(n=200))["train"]
-    tok = train_tokenizer(chat_texts(convs))
-    model = GPT(GPTConfig(**{**vars(PRESETS["guppy-tiny"]), "vocab_size": tok.vocab_size}))
-    a, b = tok.encode("hi")[0], tok.encode("ok")[0]
-    tokens = {"two tokens then <|end|>": [a, b],  # `stream` stops at <|end|> itself
-              "tokens up to the length limit": [a, b, a, b],
-              "a token then <|user|>": [a, tok.user_id, b]}[stream_gives]
-    given = iter(tokens)  # one model output, however many calls read it
-    monkeypatch.setattr(chat, "stream", lambda *args, **kw: given)
-    reply = Guppy(model, tok).respond([{"role": "user", "content": "hi"}], max_new_tokens=4)
-    assert reply.ended is ended
-    kept = tokens[:tokens.index(tok.user_id)] if tok.user_id in tokens else tokens
-    assert reply.text == tok.decode(kept).strip() and reply.topic is None
+    def val_loss(where):
+        monkeypatch.chdir(where)
+        code, out, err = run_cli(capsys, "eval", run)
+        assert code == 0, err
+        return json.loads((run / "eval.json").read_text())["val_loss"], out
 
-
-def test_the_topic_the_model_names_is_held_back_or_shown(tiny_persona, monkeypatch):
-    from guppylm import chat
-    from guppylm.chat import finish
-    from guppylm.model import GPT, PRESETS, GPTConfig
-    from guppylm.tokenizer import chat_texts, train_tokenizer
-
-    convs = data.generate(persona.load(str(tiny_persona)), data.DataConfig(n=200))["train"]
-    tok = train_tokenizer(chat_texts(convs))
-    model = GPT(GPTConfig(**{**vars(PRESETS["guppy-tiny"]), "vocab_size": tok.vocab_size}))
-    tokens = tok.encode("food | i eat flakes.")
-    temperatures = []
-
-    def fake_stream(model, ids, cfg, stop_ids):  # the model's output, from where `ids` end
-        temperatures.append(cfg.temperature)
-        return iter(tokens[len(ids) - len(prompt):])
-
-    monkeypatch.setattr(chat, "stream", fake_stream)
-    guppy = Guppy(model, tok)
-    said = [{"role": "user", "content": "hungry?"}]
-    prompt = guppy.prompt_ids(said, 80)
-    pieces: list[str] = []
-    reply = finish(guppy.stream_reply(said), show=pieces.append)
-    assert "".join(pieces).strip() == "i eat flakes." == reply.text and reply.topic == "food"
-    assert reply.message() == {"role": "assistant", "content": "i eat flakes.", "topic": "food"}
-    assert temperatures == [0.0, 0.7]  # the likeliest topic, then a sampled reply
-    shown = "".join(guppy.stream_reply(said, show_topic=True))
-    assert shown.strip() == "[food] i eat flakes."
+    here, out = val_loss(tmp_path)  # the data folder, as trained
+    assert "composing" not in out
+    (tmp_path / "elsewhere").mkdir()
+    there, out = val_loss(tmp_path / "elsewhere")  # config.json records the folder absolute
+    assert there == here and "composing" not in out
+    (tmp_path / "data").rename(tmp_path / "moved")
+    remade, out = val_loss(tmp_path / "elsewhere")
+    gone = (tmp_path / "data").resolve()
+    assert f"{gone} no longer holds the data this run was trained on; composing it again" in out
+    assert remade == pytest.approx(here, rel=1e-9)  # the same conversations, composed again

@@ -1,14 +1,7 @@
 import pytest
 
 from guppylm import data, persona
-from guppylm.chat_format import (
-    REPLY,
-    TOPIC,
-    chat_texts,
-    decode_chat,
-    encode_chat,
-    topics_of,
-)
+from guppylm.chat_format import REPLY, TOPIC, chat_texts, decode_chat, encode_chat, topics_of
 from guppylm.errors import GuppyError
 from guppylm.tokenizer import Tokenizer, train_tokenizer
 
@@ -19,7 +12,7 @@ def tiny_data(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("p") / "minnow.toml"
     path.write_text(TINY_PERSONA)
-    return data.generate(persona.load(str(path)), data.DataConfig(n=1500))
+    return data.compose(persona.load(str(path)), data.DataConfig(n=1500))
 
 
 def test_vocabulary_is_a_multiple_of_64_and_no_larger_than_the_data_supports(tiny_data):
@@ -31,20 +24,20 @@ def test_vocabulary_is_a_multiple_of_64_and_no_larger_than_the_data_supports(tin
 
 
 def test_round_trip_and_assistant_mask(tiny_data, tmp_path):
-    tok = train_tokenizer(chat_texts(tiny_data["train"]))
+    tok = train_tokenizer(chat_texts(tiny_data["train"]), topics=topics_of(tiny_data["train"]))
     tok.save(tmp_path / "tokenizer.json")
     tok = Tokenizer.load(tmp_path / "tokenizer.json")
+    assert sorted(tok.topics.values()) == ["food", "hello", "water"]
     for conv in tiny_data["test"][:50]:
         ids, mask = encode_chat(tok, conv["messages"])
         assert decode_chat(tok, ids) == conv["messages"]
         assert len(ids) == len(mask)
-        # the masked ids are exactly each assistant reply followed by its end marker
-        masked = [i for i, m in zip(ids, mask, strict=True) if m]
-        expected = []
-        for m in conv["messages"]:
-            if m["role"] == "assistant":
-                expected += tok.encode(assistant_text(m)) + [tok.end_id]
-        assert masked == expected
+        # learned: each assistant turn's topic token, then its reply and end marker
+        topics = [i for i, m in zip(ids, mask, strict=True) if m == TOPIC]
+        replies = [i for i, m in zip(ids, mask, strict=True) if m == REPLY]
+        said = [m for m in conv["messages"] if m["role"] == "assistant"]
+        assert topics == [tok.topic_id(m["topic"]) for m in said]
+        assert replies == [i for m in said for i in tok.encode(m["content"]) + [tok.end_id]]
 
 
 def test_generation_prompt_and_any_unicode(tiny_data):
@@ -69,15 +62,3 @@ def test_unreadable_tokenizer_file(tmp_path):
 def test_a_vocabulary_too_small_for_bytes_is_refused(tiny_data):
     with pytest.raises(GuppyError, match="--vocab-size 100: too small"):
         train_tokenizer(chat_texts(tiny_data["train"]), vocab_size=100)
-
-
-def test_the_assistant_names_the_topic_of_every_turn_first(tiny_data):
-    tok = train_tokenizer(chat_texts(tiny_data["train"]))
-    conv = next(c for c in tiny_data["train"] if len(c["messages"]) > 4)
-    topics = [m["topic"] for m in conv["messages"] if m["role"] == "assistant"]
-    assert topics[0] == conv["topic"] and all(topics)
-    ids, mask = encode_chat(tok, conv["messages"])
-    learned = tok.decode([i for i, m in zip(ids, mask, strict=True) if m and i != tok.end_id])
-    assert learned.startswith(f"{topics[0]} | ")  # the topic is part of what the model learns
-    assert split_topic("food | i eat flakes.") == ("food", "i eat flakes.")
-    assert split_topic("i eat flakes.") == (None, "i eat flakes.")

@@ -26,13 +26,13 @@ def data_dir(tmp_path_factory) -> Path:
     (folder / "minnow.toml").write_text(TINY_PERSONA)
     p = persona.load(str(folder / "minnow.toml"))
     cfg = data.DataConfig(n=1200, seed=0)
-    data.write(data.generate(p, cfg), p, cfg, folder)
+    data.write(data.compose(p, cfg), p, cfg, folder)
     return folder
 
 
 def tiny(data_dir: Path, run: Path, **overrides) -> TrainConfig:
     base = dict(data=str(data_dir), run=str(run), preset="guppy-tiny", steps=40, batch_tokens=1024,
-                lr=1e-2, warmup=5, eval_every=20, checkpoint_every=10, quiet=True, device="cpu")
+                lr=1e-2, warmup=5, eval_every=20, checkpoint_every=10, device="cpu")
     return TrainConfig(**{**base, **overrides})
 
 
@@ -41,7 +41,7 @@ def metrics(run: Path) -> list[dict]:
 
 
 def test_training_lowers_the_loss_and_fills_the_run_folder(data_dir, tmp_path):
-    train(tiny(data_dir, tmp_path / "run"))
+    train(tiny(data_dir, tmp_path / "run"), quiet=True)
     run = tmp_path / "run"
     for name in ("config.json", "tokenizer.json", "model.safetensors", "metrics.jsonl",
                  "loss.png", "persona.toml", "checkpoint.safetensors"):
@@ -54,11 +54,12 @@ def test_training_lowers_the_loss_and_fills_the_run_folder(data_dir, tmp_path):
 
 def test_batches_waste_little_on_padding(data_dir):
     from guppylm.batching import encode_examples
-    from guppylm.chat_format import chat_texts
+    from guppylm.chat_format import chat_texts, topics_of
     from guppylm.tokenizer import train_tokenizer
 
     convs = data.read_split(data_dir, "train")
-    examples = encode_examples(train_tokenizer(chat_texts(convs)), convs, 128)
+    examples = encode_examples(train_tokenizer(chat_texts(convs), topics=topics_of(convs)),
+                               convs, 128)
     batches = make_batches(examples, 1024, seed=0)
     assert sorted(i for b in batches for i in b) == list(range(len(examples)))
     computed = sum(len(b) * max(len(examples[i][0]) for i in b) for b in batches)
@@ -106,7 +107,7 @@ def test_weighted_loss_is_the_plain_mean_at_weight_1_and_leans_on_heavy_tokens()
 
 
 def test_save_then_load_gives_identical_outputs(data_dir, tmp_path):
-    model = train(tiny(data_dir, tmp_path / "run", steps=10))
+    model = train(tiny(data_dir, tmp_path / "run", steps=10), quiet=True)
     loaded = Guppy.load(tmp_path / "run")
     idx = torch.randint(0, model.cfg.vocab_size, (2, 17))
     model.eval()
@@ -117,7 +118,7 @@ def test_save_then_load_gives_identical_outputs(data_dir, tmp_path):
 
 def test_kill_9_then_resume_equals_an_uninterrupted_run(data_dir, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    train(tiny(data_dir, straight, steps=120, checkpoint_every=5))
+    train(tiny(data_dir, straight, steps=120, checkpoint_every=5), quiet=True)
     args = [sys.executable, "-m", "guppylm", "train", "--data", str(data_dir), "--run", str(killed),
             "--preset", "guppy-tiny", "--steps", "120", "--batch-tokens", "1024", "--lr", "1e-2",
             "--warmup", "5", "--eval-every", "20", "--checkpoint-every", "5", "--device", "cpu",
@@ -133,6 +134,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(data_dir, tmp_path):
     with safe_open(str(ckpt), "pt") as f:
         assert int(f.metadata()["step"]) < 120, "the run ended before it could be killed"
     assert not (killed / "model.safetensors").exists()
+    config = (killed / "config.json").read_text()
     assert subprocess.run(args + ["--resume"]).returncode == 0
     a = load_file(str(straight / "model.safetensors"))
     b = load_file(str(killed / "model.safetensors"))
@@ -141,13 +143,48 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(data_dir, tmp_path):
         assert torch.equal(a[key], b[key]), key
     steps = [m["step"] for m in metrics(killed) if "loss" in m]
     assert steps == list(range(1, 121))  # no step lost or repeated in the log
+    assert (killed / "config.json").read_text() == config  # resuming changed no config
+
+
+def test_config_json_holds_configuration_not_actions(data_dir, tmp_path):
+    run = tmp_path / "run"
+    train(tiny(data_dir, run, steps=3), overwrite=True, quiet=True)
+    config = json.loads((run / "config.json").read_text())
+    for action in ("resume", "overwrite", "quiet"):
+        assert action not in config and action not in config["train"]
+    # what `guppy eval` needs to find or remake the data from anywhere
+    assert Path(config["train"]["data"]) == data_dir.resolve()
+    assert config["data"] == json.loads((data_dir / "meta.json").read_text())["config"]
+
+
+def test_fp16_trains_with_a_grad_scaler_and_lowers_the_loss(data_dir, tmp_path):
+    run = tmp_path / "run"
+    train(tiny(data_dir, run, dtype="fp16", steps=20, eval_every=10), quiet=True)
+    from safetensors import safe_open
+    with safe_open(str(run / "checkpoint.safetensors"), "pt") as f:
+        scaler = json.loads(f.metadata()["scaler"])
+    assert scaler["scale"] > 0  # the scaler ran: its state is empty in fp32 and bf16
+    val = [m["val_loss"] for m in metrics(run) if "val_loss" in m]
+    assert len(val) == 2 and val[-1] < val[0]
+
+
+def test_a_config_error_names_the_field_or_the_flag(data_dir, tmp_path, capsys):
+    from guppylm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="TrainConfig.preset 'guppy-huge': unknown; choose"):
+        train(tiny(data_dir, tmp_path / "run", preset="guppy-huge"), quiet=True)
+    code, _, err = run_cli(capsys, "train", "--data", data_dir, "--run", tmp_path / "run",
+                           "--preset", "guppy-huge")
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("guppy: error: --preset 'guppy-huge': unknown; choose one of guppy-9m")
+    assert not (tmp_path / "run").exists()
 
 
 def _ddp_worker(rank: int, world: int, cfg: TrainConfig, port: int) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    model = train(cfg)
+    model = train(cfg, quiet=True)
     from safetensors.torch import save_file
     weights = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
     save_file(weights, str(Path(cfg.run).parent / f"rank{rank}.safetensors"))
@@ -193,7 +230,7 @@ def test_guppy_run_on_a_tiny_config(tmp_path, capsys, tiny_persona_with_test):
 
 def test_interactive_chat_keeps_history_resets_and_exits_cleanly(data_dir, tmp_path):
     run = tmp_path / "run"
-    train(tiny(data_dir, run, steps=5))
+    train(tiny(data_dir, run, steps=5), quiet=True)
     session = "hi\n\n   \n/reset\nare you hungry? 🐟\n"
     r = subprocess.run([sys.executable, "-m", "guppylm", "chat", "--model", str(run),
                         "--seed", "0", "--max-new-tokens", "8"], input=session,
@@ -206,7 +243,7 @@ def test_interactive_chat_keeps_history_resets_and_exits_cleanly(data_dir, tmp_p
 
 def test_history_is_trimmed_and_an_overlong_message_cut_to_fit(data_dir, tmp_path):
     run = tmp_path / "run"
-    train(tiny(data_dir, run, steps=3))
+    train(tiny(data_dir, run, steps=3), quiet=True)
     g = Guppy.load(run)
     history = []
     for i in range(40):
@@ -256,7 +293,7 @@ def test_bad_topic_weight(value, says, capsys, tmp_path, monkeypatch):
 
 def test_existing_run_is_never_overwritten_by_accident(data_dir, tmp_path, capsys):
     run = tmp_path / "run"
-    train(tiny(data_dir, run, steps=3))
+    train(tiny(data_dir, run, steps=3), quiet=True)
     before = (run / "model.safetensors").read_bytes()
     code, _, err = run_cli(capsys, "train", "--data", data_dir, "--run", run, "--quiet")
     assert code == 2 and "already holds a run" in err
@@ -265,7 +302,7 @@ def test_existing_run_is_never_overwritten_by_accident(data_dir, tmp_path, capsy
 
 def test_incomplete_run_folder_says_how_to_finish_it(data_dir, tmp_path, capsys):
     run = tmp_path / "run"
-    train(tiny(data_dir, run, steps=3))
+    train(tiny(data_dir, run, steps=3), quiet=True)
     (run / "model.safetensors").unlink()
     code, _, err = run_cli(capsys, "chat", "--model", run, "--prompt", "hi")
     assert code == 2 and "model.safetensors missing" in err and "--resume" in err
@@ -279,14 +316,14 @@ def test_incomplete_run_folder_says_how_to_finish_it(data_dir, tmp_path, capsys)
 ])
 def test_bad_sampling_options(data_dir, tmp_path, capsys, flag, value, says):
     run = tmp_path / "run"
-    train(tiny(data_dir, run, steps=2))
+    train(tiny(data_dir, run, steps=2), quiet=True)
     code, _, err = run_cli(capsys, "chat", "--model", run, "--prompt", "hi", flag, value)
     assert code == 2 and says in err
 
 
 def test_corrupt_or_mismatched_weights(data_dir, tmp_path, capsys):
     run = tmp_path / "run"
-    train(tiny(data_dir, run, steps=2))
+    train(tiny(data_dir, run, steps=2), quiet=True)
     (run / "model.safetensors").write_bytes(b"not safetensors at all")
     code, _, err = run_cli(capsys, "chat", "--model", run, "--prompt", "hi")
     assert code == 2 and "unreadable weights" in err and err.count("\n") == 1
@@ -299,7 +336,7 @@ def test_corrupt_or_mismatched_weights(data_dir, tmp_path, capsys):
 def test_a_time_budget_ends_on_time_with_the_schedule_run_out(data_dir, tmp_path):
     run = tmp_path / "run"
     start = time.perf_counter()
-    train(tiny(data_dir, run, minutes=0.1, warmup=3, eval_every=1000))
+    train(tiny(data_dir, run, minutes=0.1, warmup=3, eval_every=1000), quiet=True)
     took = time.perf_counter() - start
     rows = [m for m in metrics(run) if "loss" in m]
     assert 0.1 * 60 * 0.9 < rows[-1]["elapsed_s"] <= 0.1 * 60 + 2 and took < 30
