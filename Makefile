@@ -19,11 +19,11 @@ setup: $(VENV)/.installed
 
 # torch first, pinned: it installs the CPU build from a local wheel where one is offered,
 # and an unpinned torch would pull a multi-GB CUDA build instead.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,serve]"
 	touch $@
 
 clean:

@@ -1,0 +1,332 @@
+"""Batched decoding: many conversations generated together, one forward pass per step.
+
+A server answering several people at once could run `Guppy.stream` for each in turn. But a
+step of a small model is mostly fixed cost (Python, launching each operation), not
+arithmetic: a step for 32 sequences costs little more than a step for one. So every request
+in flight advances together:
+
+    step: for each active sequence, choose its next token from its logits, by the rules of
+          `generate.stream` and `Guppy.stream`, with the sequence's own seeded generator
+       -> one forward pass for all the sequences that go on -> new logits for each
+
+A sequence joins between steps (its prompt is read alone, "prefill", filling its own KV
+cache) and leaves when it finishes or is cancelled. Each sequence's tokens are exactly those
+`Guppy.stream` gives for the same request alone (tests/test_serve.py checks it): the choice
+of a token uses only that sequence's logits and generator, whatever else is in the batch.
+
+`DecodeLoop` runs a `BatchDecoder` in a background thread, fed by a bounded queue: the
+server's side of it (serve.py) only submits, cancels and receives chunks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+
+from guppylm.chat import Chunk
+from guppylm.generate import SamplingConfig, choose_topic, pick_token
+from guppylm.model import GPT
+from guppylm.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One reply being generated: its prompt, its sampling settings and its state.
+
+    `emit` receives the reply's chunks, as `Guppy.stream` yields them, from the decoding
+    thread. `stop`: strings that end the reply where they first appear (not included).
+    """
+
+    prompt: list[int]
+    cfg: SamplingConfig
+    stop: tuple[str, ...] = ()
+    emit: Callable[[Chunk], None] = lambda chunk: None
+    tokens: list[int] = field(default_factory=list)  # every token chosen: topic and end too
+    finish: str | None = None  # "stop" or "length" once finished, "error" if decoding failed
+    cancelled: bool = False  # set by anyone; the sequence leaves at the next step
+    # decoding state, set when the sequence joins a BatchDecoder
+    limit: int = 0
+    logits: torch.Tensor | None = None
+    caches: list[dict] = field(default_factory=list)
+    generator: torch.Generator | None = None
+    reply: list[int] = field(default_factory=list)  # the reply's tokens, for the text
+    shown: str = ""  # the text emitted so far
+
+
+class BatchDecoder:
+    """Active sequences and the step that advances them all by one token."""
+
+    def __init__(self, model: GPT, tok: Tokenizer):
+        self.model, self.tok = model.eval(), tok
+        self.topic_ids = torch.tensor(tuple(tok.topics), dtype=torch.long)  # as Guppy.stream
+        self.active: list[Sequence] = []
+
+    @torch.inference_mode()
+    def add(self, seq: Sequence) -> None:
+        """Read the prompt (prefill) and make the sequence one of the active ones."""
+        context = self.model.cfg.context
+        if not 0 < len(seq.prompt) < context:
+            raise ValueError(f"a prompt of {len(seq.prompt)} tokens leaves no room in the "
+                             f"context of {context}; trim it with Guppy.prompt_ids")
+        seq.limit = min(seq.cfg.max_new_tokens, context - len(seq.prompt))
+        # its own generator, so its randomness never depends on the other requests
+        seq.generator = torch.Generator(device="cpu")
+        if seq.cfg.seed is None:
+            seq.generator.seed()  # a fresh random seed
+        else:
+            seq.generator.manual_seed(seq.cfg.seed)
+        # the prompt is read by the model itself, exactly as generate.stream reads it
+        seq.caches = [{} for _ in self.model.h]
+        device = self.model.wte.weight.device
+        seq.logits = self.model(torch.tensor([seq.prompt], device=device),
+                                caches=seq.caches)[0, -1].cpu()
+        self.active.append(seq)
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[Sequence, Chunk]]:
+        """Choose the next token of every active sequence, then run one forward pass for
+        those that go on. Returns the chunks to send, in order; finished and cancelled
+        sequences leave."""
+        self.active = [seq for seq in self.active if not seq.cancelled]
+        out: list[tuple[Sequence, Chunk]] = []
+        going_on = []
+        for seq in self.active:
+            for chunk in self._next_token(seq):
+                out.append((seq, chunk))
+            if seq.finish is None:
+                going_on.append(seq)
+        self.active = going_on
+        if going_on:
+            logits = forward_step(self.model, [s.tokens[-1] for s in going_on],
+                                  [len(s.prompt) + len(s.tokens) - 1 for s in going_on],
+                                  [s.caches for s in going_on]).cpu()
+            for seq, row in zip(going_on, logits, strict=True):
+                seq.logits = row
+        return out
+
+    def _next_token(self, seq: Sequence) -> list[Chunk]:
+        """One token for `seq`, by generate.stream's rules, and what Guppy.stream yields
+        for it (plus the handling of stop strings)."""
+        tok, logits = self.tok, seq.logits
+        token = choose_topic(logits, self.topic_ids, seq.cfg, seq.generator) \
+            if not seq.tokens else None
+        if token is None:
+            logits[self.topic_ids] = float("-inf")  # a topic comes first or not at all
+            token = pick_token(logits, seq.cfg, seq.generator)
+        seq.tokens.append(token)
+        chunks: list[Chunk] = []
+        if token == tok.end_id:
+            return self._finish(seq, "stop")
+        if token in (tok.user_id, tok.assistant_id):
+            return self._finish(seq, "length")  # it began another turn: not a proper end
+        if token in tok.topics:
+            chunks.append(Chunk(topic=tok.topics[token]))
+        else:
+            seq.reply.append(token)
+            text = tok.decode(seq.reply)
+            cut = _first_stop(text, seq.stop)
+            if cut is not None:  # a stop string: the reply ends before it
+                return self._finish(seq, "stop", text[:cut])
+            safe = text[:len(text) - _stop_prefix(text, seq.stop)]
+            if len(safe) > len(seq.shown) and not safe.endswith("\ufffd"):  # whole characters
+                chunks.append(Chunk(text=safe[len(seq.shown):]))
+                seq.shown = safe
+        if len(seq.tokens) == seq.limit:
+            chunks += self._finish(seq, "length")
+        return chunks
+
+    def _finish(self, seq: Sequence, finish: str, text: str | None = None) -> list[Chunk]:
+        """The last chunk: the text not sent yet (all of the reply's, as Guppy.stream
+        ends, unless `text` says where it ends)."""
+        seq.finish = finish
+        seq.caches, seq.logits = [], None  # free the memory now
+        text = self.tok.decode(seq.reply) if text is None else text
+        return [Chunk(text=text[len(seq.shown):], finish=finish)]
+
+
+def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
+    """Where the first stop string in `text` begins, or None."""
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
+def _stop_prefix(text: str, stops: tuple[str, ...]) -> int:
+    """How many last characters of `text` could begin a stop string: held back until the
+    next tokens say whether the stop string follows."""
+    return max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])),
+               default=0)
+
+
+def forward_step(model: GPT, tokens: list[int], positions: list[int],
+                 caches: list[list[dict]]) -> torch.Tensor:
+    """Logits (B, vocab) for one new token of each of B sequences, each continuing its
+    own KV cache (`caches[b]`: one dict per layer, as `GPT.forward` fills them).
+
+    The arithmetic of `GPT.forward` with a cache, with the model's own weights, laid out for
+    a batch: every step runs each operation once for all B rows instead of B times, which
+    is where batching pays (a small model's step is mostly the fixed cost of each operation).
+
+    Attention runs per sequence against its own cache, because the sequences have different
+    lengths. (Padding the caches to one length with a mask would make attention one call per
+    layer, but it computes every padded position and copies the caches whenever the batch
+    changes; at these sizes the loop costs about the same and is plainly model.py's
+    attention.) The layers of the MLP are called through `_rows` like all the others, so
+    this function restates the MLP of model.py: the GELU between its two layers.
+    """
+    device = model.wte.weight.device
+    x = model.wte(torch.tensor(tokens, device=device)) \
+        + model.wpe(torch.tensor(positions, device=device))  # (B, C): a row per sequence
+    B, C = x.shape
+    for layer, block in enumerate(model.h):
+        attn = block.attn
+        H = attn.n_head
+        q, k, v = _rows(attn.c_attn, block.ln_1(x)).split(C, dim=1)
+        # (B, C) -> (B, heads, 1, head size): one new position per sequence
+        q, k, v = (t.view(B, 1, H, C // H).transpose(1, 2) for t in (q, k, v))
+        ys = []
+        for b in range(B):
+            cache = caches[b][layer]
+            cache["k"] = torch.cat([cache["k"], k[b:b + 1]], dim=2)
+            cache["v"] = torch.cat([cache["v"], v[b:b + 1]], dim=2)
+            # one new token attends to everything cached: no mask (as in model.py)
+            ys.append(F.scaled_dot_product_attention(q[b:b + 1], cache["k"], cache["v"]))
+        y = torch.cat(ys).transpose(1, 2).reshape(B, C)
+        x = x + _rows(attn.c_proj, y)
+        mlp = block.mlp
+        x = x + _rows(mlp.c_proj, F.gelu(_rows(mlp.c_fc, block.ln_2(x)), approximate="tanh"))
+    return _rows(model.lm_head, model.ln_f(x))
+
+
+def _rows(linear: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """`linear(x)` for a batch of rows, each row computed exactly as if it were alone.
+
+    Why not just `linear(x)`: a matrix multiplication sums in an order that depends on the
+    number of rows (the math library picks its kernel and blocking by shape), so a row's
+    result changes in the last bits with the batch around it, and a sampled token can
+    flip where two are nearly tied. Then a seed would not give the same reply whatever else
+    is in the batch, nor the reply of `Guppy.stream` alone. A batched product of B one-row
+    matrices against the same (expanded, not copied) weights runs the one-row kernel for
+    each row, in one call: the sums of a sequence decoded alone, bit for bit.
+    """
+    w = linear.weight.t().expand(x.shape[0], *linear.weight.t().shape)  # (B, in, out), a view
+    if linear.bias is None:
+        return torch.bmm(x.unsqueeze(1), w).squeeze(1)
+    return torch.baddbmm(linear.bias.expand(x.shape[0], 1, -1), x.unsqueeze(1), w).squeeze(1)
+
+
+class Full(Exception):
+    """The decode loop holds as many sequences as it may: try again later."""
+
+
+class DecodeLoop:
+    """A `BatchDecoder` in a background thread, fed by a bounded queue.
+
+    At most `max_batch` sequences are decoded together; up to `max_waiting` more wait for a
+    place. `submit` beyond that raises `Full` at once. New sequences join between steps, and
+    a cancelled one leaves at the next step. Torch releases the GIL while it computes, so
+    the thread that serves requests keeps running.
+    """
+
+    def __init__(self, model: GPT, tok: Tokenizer, max_batch: int = 32, max_waiting: int = 64):
+        if max_batch < 1 or max_waiting < 0:
+            raise ValueError("max_batch must be at least 1 and max_waiting 0 or more")
+        self.decoder = BatchDecoder(model, tok)
+        self.max_batch, self.max_waiting = max_batch, max_waiting
+        self._waiting: deque[Sequence] = deque()
+        self._in_flight: set[Sequence] = set()
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="guppy-decode", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def submit(self, seq: Sequence) -> None:
+        """Queue `seq` for decoding; raise `Full` when the queue is full."""
+        with self._wake:
+            if len(self._in_flight) >= self.max_batch + self.max_waiting:
+                raise Full
+            self._in_flight.add(seq)
+            self._waiting.append(seq)
+            self._wake.notify()
+
+    def cancel(self, seq: Sequence) -> None:
+        """Stop generating `seq`: it leaves at the next step, and sends nothing more."""
+        seq.cancelled = True
+        with self._wake:
+            if seq in self._waiting:  # not started yet: its place is free at once
+                self._waiting.remove(seq)
+                self._in_flight.discard(seq)
+            self._wake.notify()
+
+    def counts(self) -> dict[str, int]:
+        with self._wake:
+            waiting = len(self._waiting)
+            return {"active": len(self._in_flight) - waiting, "waiting": waiting,
+                    "max_batch": self.max_batch, "max_waiting": self.max_waiting}
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not (self._stopping or self._waiting or self.decoder.active):
+                    self._wake.wait()
+                if self._stopping:
+                    break
+                joining = []
+                while self._waiting and len(self.decoder.active) + len(joining) < self.max_batch:
+                    joining.append(self._waiting.popleft())
+            for seq in joining:
+                if not seq.cancelled:
+                    self._guarded(lambda seq=seq: self.decoder.add(seq), [seq])
+            self._guarded(self._step, list(self.decoder.active))
+            with self._wake:
+                self._in_flight -= {s for s in self._in_flight
+                                    if s.finish is not None or s.cancelled}
+        with self._wake:  # stopped with replies unfinished: end them
+            for seq in self._in_flight:
+                if seq.finish is None and not seq.cancelled:
+                    seq.finish = "error"
+                    seq.emit(Chunk(finish="error"))
+            self._in_flight.clear()
+            self._waiting.clear()
+            self.decoder.active = []
+
+    def _step(self) -> None:
+        for seq, chunk in self.decoder.step():
+            seq.emit(chunk)
+
+    def _guarded(self, work: Callable[[], None], seqs: list[Sequence]) -> None:
+        """Run `work`; if it fails, end `seqs` with finish "error" and keep serving."""
+        try:
+            work()
+        except Exception:
+            log.exception("decoding failed; ending %d sequence(s) with an error", len(seqs))
+            for seq in seqs:
+                if seq in self.decoder.active:
+                    self.decoder.active.remove(seq)
+                if seq.finish is None:
+                    seq.finish = "error"
+                    seq.emit(Chunk(finish="error"))
+
+
+def sampling_for(base: SamplingConfig, **overrides) -> SamplingConfig:
+    """`base` with the fields in `overrides` that are not None replaced."""
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})

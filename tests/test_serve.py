@@ -1,0 +1,574 @@
+"""`guppy serve`: the OpenAI-compatible server, its batched decoding and its chat page.
+
+A tiny model is trained once for the module; servers run in a thread on 127.0.0.1 and a free
+port, and are driven by the official `openai` client, raw HTTP, and headless Chromium.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("fastapi", reason="the server's extra: pip install -e '.[serve]'")
+pytest.importorskip("openai", reason="the dev extra: pip install -e '.[dev]'")
+import httpx  # noqa: E402
+import uvicorn  # noqa: E402
+from openai import OpenAI  # noqa: E402
+
+from guppylm.chat import Guppy  # noqa: E402
+from guppylm.cli import main  # noqa: E402
+from guppylm.decode import BatchDecoder, Sequence, forward_step, sampling_for  # noqa: E402
+from guppylm.generate import stream  # noqa: E402
+from guppylm.serve import _fitting_tail, create_app  # noqa: E402
+
+from conftest import TINY_PERSONA  # noqa: E402
+
+USER = [{"role": "user", "content": "are you hungry?"}]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A tiny trained run folder (about 10 s on 2 cores)."""
+    folder = tmp_path_factory.mktemp("serve")
+    (folder / "minnow.toml").write_text(TINY_PERSONA)
+    assert main(["data", "--persona", str(folder / "minnow.toml"), "--n", "1200",
+                 "--out", str(folder / "data")]) == 0
+    assert main(["train", "--data", str(folder / "data"), "--run", str(folder / "tiny"),
+                 "--preset", "guppy-tiny", "--steps", "40", "--batch-tokens", "1024",
+                 "--lr", "1e-2", "--warmup", "5", "--eval-every", "40",
+                 "--checkpoint-every", "40", "--device", "cpu", "--quiet"]) == 0
+    return folder / "tiny"
+
+
+@pytest.fixture(scope="module")
+def guppy(run_dir) -> Guppy:
+    return Guppy.load(run_dir)
+
+
+@contextmanager
+def serving(app) -> Iterator[str]:
+    """Run `app` with uvicorn in a thread on 127.0.0.1 and a free port; yield its URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        sock.close()
+
+
+class Gate:
+    """Holds the decode loop before each step until the test lets steps through, so that a
+    test decides what is in flight (and nothing depends on timing)."""
+
+    def __init__(self, app):
+        self.decoder = app.state.decoding.decoder
+        self.permits = threading.Semaphore(0)
+        step = self.decoder.step
+
+        def gated_step():
+            self.permits.acquire()
+            return step()
+
+        self.decoder.step = gated_step
+
+    def let(self, steps: int = 1) -> None:
+        self.permits.release(steps)
+
+    def open(self) -> None:
+        self.permits.release(1_000_000)
+
+
+def slow_steps(app, seconds: float) -> None:
+    decoder = app.state.decoding.decoder
+    step = decoder.step
+
+    def slow_step():
+        time.sleep(seconds)
+        return step()
+
+    decoder.step = slow_step
+
+
+def wait_for(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def url(guppy) -> Iterator[str]:
+    with serving(create_app(guppy, "tiny")) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def client(url) -> OpenAI:
+    return OpenAI(base_url=f"{url}/v1", api_key="not-needed", max_retries=0, timeout=30)
+
+
+# ----------------------------------------------------------------------------- decoding
+
+def test_batched_decoding_gives_the_chunks_of_guppy_stream_alone(guppy):
+    """Requests of every kind decoded together, joining at different steps, give exactly
+    what `Guppy.stream` gives for each alone: the same tokens, the same chunks."""
+    prompts = ["are you hungry?", "hi", "how is the water?", "tell me more", "HELLO there!!",
+               "what do you eat?", "is your tank clean?", "so, dinner time?"]
+    requests = []
+    for i in range(16):
+        requests.append(([{"role": "user", "content": prompts[i % len(prompts)]}], dict(
+            seed=i, temperature=(0.0, 0.7, 1.4)[i % 3], top_k=(0, 40, 5)[i % 3],
+            top_p=(1.0, 0.9, 0.5)[i // 3 % 3], max_new_tokens=(3, 30, 90)[i % 3])))
+    decoder = BatchDecoder(guppy.model, guppy.tok)
+    got: dict[int, list] = {}
+    seqs = []
+    for i, (messages, overrides) in enumerate(requests):
+        cfg = sampling_for(guppy.sampling, **overrides)
+        got[i] = []
+        seqs.append(Sequence(guppy.prompt_ids(messages, cfg.max_new_tokens), cfg,
+                             emit=got[i].append))
+    pending, rng = list(seqs), random.Random(0)
+    while pending or decoder.active:
+        for _ in range(rng.randint(0, 3)):  # new sequences join between steps
+            if pending:
+                decoder.add(pending.pop(0))
+        for seq, chunk in decoder.step():
+            seq.emit(chunk)
+    for i, (messages, overrides) in enumerate(requests):
+        assert got[i] == list(guppy.stream(messages, **overrides)), overrides
+        cfg = sampling_for(guppy.sampling, **overrides)
+        alone = list(stream(guppy.model, seqs[i].prompt, cfg, topic_ids=tuple(guppy.tok.topics)))
+        assert seqs[i].tokens == alone[:len(seqs[i].tokens)]
+    assert {seq.finish for seq in seqs} == {"stop", "length"}
+
+
+def test_a_stop_string_ends_the_reply_and_never_shows_in_part(guppy):
+    overrides = dict(temperature=1.0, max_new_tokens=60)
+    seed, reply = next((s, r) for s in range(200)
+                       if len(r := guppy.respond(USER, seed=s, **overrides).text) >= 12)
+    for start, length in ((0, 3), (4, 6), (len(reply) - 5, 5), (2, 1)):
+        stop = reply[start:start + length]
+        cfg = sampling_for(guppy.sampling, seed=seed, **overrides)
+        chunks = []
+        decoder = BatchDecoder(guppy.model, guppy.tok)
+        decoder.add(Sequence(guppy.prompt_ids(USER, 60), cfg, stop=("never said", stop),
+                             emit=chunks.append))
+        while decoder.active:
+            for seq, chunk in decoder.step():
+                seq.emit(chunk)
+        assert "".join(c.text for c in chunks) == reply[:reply.find(stop)]
+        assert chunks[-1].finish == "stop"
+
+
+def test_a_batched_step_computes_each_row_bit_for_bit_as_alone(guppy):
+    model = guppy.model
+    prompts = [torch.randint(0, model.cfg.vocab_size, (n,)).tolist() for n in (3, 17, 40, 9)]
+    batch_caches, logits_alone = [], []
+    with torch.inference_mode():
+        for ids in prompts:
+            caches = [{} for _ in model.h]
+            model(torch.tensor([ids[:-1]]), caches=caches)
+            batch_caches.append([dict(c) for c in caches])
+            logits_alone.append(model(torch.tensor([ids[-1:]]), caches=caches)[0, -1])
+        batched = forward_step(model, [ids[-1] for ids in prompts],
+                               [len(ids) - 1 for ids in prompts], batch_caches)
+    for row, alone in zip(batched, logits_alone, strict=True):
+        assert torch.equal(row, alone)
+
+
+def test_trimming_a_long_history_first_changes_nothing(guppy):
+    rng = random.Random(1)
+    for n in (1, 3, 40, 65, 66, 67, 200, 301):
+        messages = [{"role": ("user", "assistant")[i % 2],
+                     "content": rng.choice(["hi", "", "are you hungry today little fish?"])}
+                    for i in range(n)]
+        tail = _fitting_tail(messages, guppy.model.cfg.context)
+        assert guppy.prompt_ids(tail, 40) == guppy.prompt_ids(messages, 40)
+
+
+# ----------------------------------------------------------------------------- the openai client
+
+def test_a_plain_completion(client, guppy):
+    r = client.chat.completions.create(model="tiny", messages=USER, seed=1, max_tokens=60)
+    alone = guppy.respond(USER, seed=1, max_new_tokens=60)
+    assert r.object == "chat.completion" and r.id.startswith("chatcmpl-") and r.created > 0
+    assert r.model == "tiny" and len(r.choices) == 1
+    choice = r.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content == alone.text
+    assert choice.message.model_extra["topic"] == alone.topic
+    assert choice.finish_reason == alone.finish
+    assert r.usage.prompt_tokens == len(guppy.prompt_ids(USER, 60))
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    # at the limit: exactly max_tokens generated, and finish_reason "length"
+    r = client.chat.completions.create(model="tiny", messages=USER, seed=1, max_tokens=2)
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 2
+    # a stop string ends the reply before it, with finish_reason "stop"
+    first_word = alone.text.split()[0][:2] if alone.text.strip() else "e"
+    r = client.chat.completions.create(model="tiny", messages=USER, seed=1, max_tokens=60,
+                                       stop=[first_word])
+    assert r.choices[0].finish_reason == "stop"
+    assert r.choices[0].message.content == alone.text[:alone.text.find(first_word)]
+
+
+def test_a_streamed_completion(client, guppy, url):
+    alone = guppy.respond(USER, seed=2, max_new_tokens=60)
+    chunks = list(client.chat.completions.create(
+        model="tiny", messages=USER, seed=2, max_tokens=60, stream=True,
+        stream_options={"include_usage": True}))
+    assert len({c.id for c in chunks}) == 1 and chunks[0].id.startswith("chatcmpl-")
+    assert all(c.object == "chat.completion.chunk" and c.model == "tiny" for c in chunks)
+    deltas = [c.choices[0] for c in chunks if c.choices]
+    assert deltas[0].delta.role == "assistant"
+    assert "".join(d.delta.content or "" for d in deltas) == alone.text
+    assert [d.delta.model_extra.get("topic") for d in deltas if d.delta.model_extra.get("topic")] \
+        == [alone.topic]
+    assert [d.finish_reason for d in deltas if d.finish_reason] == [alone.finish]
+    assert deltas[-1].finish_reason == alone.finish
+    assert chunks[-1].choices == [] and chunks[-1].usage.prompt_tokens == len(
+        guppy.prompt_ids(USER, 60))
+    # on the wire: complete JSON objects as Server-Sent Events, then [DONE]
+    body = {"messages": USER, "seed": 2, "stream": True}
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in r.iter_lines() if line]
+    assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
+    assert all(json.loads(e[6:])["object"] == "chat.completion.chunk" for e in events[:-1])
+
+
+def test_streaming_is_off_unless_asked(url):
+    r = httpx.post(f"{url}/v1/chat/completions", json={"messages": USER})
+    assert r.status_code == 200 and r.json()["object"] == "chat.completion"
+    nulls = dict.fromkeys(["model", "temperature", "top_p", "max_tokens", "seed", "stop", "n",
+                           "stream", "stream_options"])
+    r = httpx.post(f"{url}/v1/chat/completions", json={"messages": USER, **nulls})
+    assert r.status_code == 200 and r.json()["object"] == "chat.completion"
+
+
+def test_system_messages_are_ignored_and_text_parts_joined(client, guppy):
+    messages = [{"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": [{"type": "text", "text": "are you "},
+                                             {"type": "text", "text": "hungry?"}]}]
+    r = client.chat.completions.create(model="tiny", messages=messages, seed=4)
+    assert r.choices[0].message.content == guppy.chat(USER, seed=4)
+
+
+def test_a_three_turn_conversation_and_a_long_one(client, guppy):
+    history = []
+    for i, text in enumerate(["hi", "are you hungry?", "why?"]):
+        history.append({"role": "user", "content": text})
+        r = client.chat.completions.create(model="tiny", messages=history, seed=i)
+        assert r.choices[0].message.content == guppy.chat(history, seed=i)
+        assert r.usage.prompt_tokens == len(guppy.prompt_ids(history, 80))
+        history.append({"role": "assistant", "content": r.choices[0].message.content})
+    # longer than the context: trimmed exactly as `guppy chat` trims it
+    long = [{"role": ("user", "assistant")[i % 2], "content": "tell me more about the water"}
+            for i in range(81)]
+    r = client.chat.completions.create(model="tiny", messages=long, seed=3, max_tokens=30)
+    assert r.usage.prompt_tokens == len(guppy.prompt_ids(long, 30)) <= guppy.model.cfg.context
+    assert r.choices[0].message.content == guppy.chat(long, seed=3, max_new_tokens=30)
+
+
+def test_models_and_health(client, url):
+    assert [m.id for m in client.models.list()] == ["tiny"]
+    assert client.models.retrieve("tiny").id == "tiny"
+    health = httpx.get(f"{url}/health").json()
+    assert health["status"] == "ok" and health["active"] == 0
+
+
+def test_the_same_seed_gives_the_same_reply_whatever_else_is_in_the_batch(guppy):
+    app = create_app(guppy, "tiny", max_batch=16)
+    gate = Gate(app)
+    body = {"messages": [{"role": "user", "content": "how is the water?"}], "seed": 7,
+            "temperature": 1.2, "max_tokens": 40}
+    others = [{"messages": [{"role": "user", "content": t}], "seed": s, "temperature": 1.0}
+              for s, t in enumerate(["hi", "are you hungry?", "tell me more", "so?"] * 2)]
+    replies: dict[int, str] = {}
+
+    def ask(i: int, request: dict) -> None:
+        r = httpx.post(f"{base}/v1/chat/completions", json=request, timeout=30)
+        replies[i] = r.json()["choices"][0]["message"]["content"]
+
+    with serving(app) as base:
+        threads = [threading.Thread(target=ask, args=(i, b))
+                   for i, b in enumerate([body, *others, body])]
+        for t in threads:
+            t.start()
+        counts = app.state.decoding.counts
+        wait_for(lambda: counts()["active"] + counts()["waiting"] == len(threads))
+        gate.open()  # the first alone for a step, then all ten together
+        for t in threads:
+            t.join(30)
+    alone = guppy.chat(body["messages"], seed=7, temperature=1.2, max_new_tokens=40)
+    assert replies[0] == replies[len(threads) - 1] == alone
+
+
+def test_serve_loads_once_prints_the_url_and_listens_on_localhost(run_dir):
+    code = "import sys; from guppylm.serve import serve; serve(sys.argv[1], port=0)"
+    server = subprocess.Popen([sys.executable, "-c", code, str(run_dir)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()
+        assert "open http://127.0.0.1:" in line, line
+        page = line.split("open ", 1)[1].split()[0]
+        assert httpx.get(page + "health", timeout=10).json()["model"] == "tiny"
+        assert "<title>" in httpx.get(page, timeout=10).text
+        port = int(page.rsplit(":", 1)[1].strip("/"))
+        if Path("/proc/net/tcp").exists():  # Linux: which address it listens on
+            assert _listening_addresses(port) == {"127.0.0.1"}
+    finally:
+        server.terminate()
+        server.wait(20)
+
+
+def _listening_addresses(port: int) -> set[str]:
+    found = set()
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not Path(name).exists():
+            continue
+        for line in Path(name).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                raw = bytes.fromhex(address)
+                found.add(socket.inet_ntop(socket.AF_INET, raw[::-1]) if len(raw) == 4
+                          else raw.hex())
+    return found
+
+
+# ----------------------------------------------------------------------------- bad input
+
+BAD = [
+    (b'{"messages": [', None),
+    (b'[{"role": "user", "content": "hi"}]', None),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', None),
+    ({}, "messages"),
+    ({"messages": []}, "messages"),
+    ({"messages": "hi"}, "messages"),
+    ({"messages": ["hi"]}, "messages[0]"),
+    ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
+    ({"messages": [{"content": "hi"}]}, "messages[0].role"),
+    ({"messages": [{"role": "user"}]}, "messages[0].content"),
+    ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+     "messages[0].content"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+     "messages"),
+    ({"messages": [{"role": "system", "content": "be a fish"}]}, "messages"),
+    ({"temperature": "hot"}, "temperature"),
+    ({"temperature": 2.5}, "temperature"),
+    ({"temperature": -0.1}, "temperature"),
+    ({"temperature": True}, "temperature"),
+    ({"temperature": 1e-40}, "temperature"),
+    ({"top_p": 0}, "top_p"),
+    ({"top_p": 1.5}, "top_p"),
+    ({"top_k": -1}, "top_k"),
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"max_tokens": 2.5}, "max_tokens"),
+    ({"max_completion_tokens": -3}, "max_completion_tokens"),
+    ({"seed": "seven"}, "seed"),
+    ({"seed": 2**70}, "seed"),
+    ({"stop": 5}, "stop"),
+    ({"stop": [""]}, "stop"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"n": 2}, "n"),
+    ({"n": 0}, "n"),
+    ({"stream": "yes"}, "stream"),
+    ({"stream": True, "stream_options": {"include_usage": "yes"}},
+     "stream_options.include_usage"),
+    ({"model": 5}, "model"),
+    ({"logprobs": True}, "logprobs"),
+    ({"tools": [{"type": "function", "function": {"name": "swim"}}]}, "tools"),
+]
+
+
+@pytest.mark.parametrize(("body", "param"), BAD, ids=[str(b)[:60] for b, _ in BAD])
+def test_bad_input_gets_400_saying_what_to_fix(url, body, param):
+    if isinstance(body, dict):
+        body = json.dumps({"messages": USER, **body}).encode() if body else b"{}"
+    r = httpx.post(f"{url}/v1/chat/completions", content=body,
+                   headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["param"] == param and error["type"] == "invalid_request_error"
+    message = error["message"]
+    assert message and "\n" not in message and len(message) < 300
+    assert message.startswith(param or "the ")
+    assert httpx.get(f"{url}/health").json()["status"] == "ok"  # it keeps serving
+
+
+def test_a_body_over_the_size_limit_gets_400(guppy):
+    with serving(create_app(guppy, "tiny", max_body_bytes=2000)) as base:
+        big = {"messages": [{"role": "user", "content": "a" * 3000}]}
+        r = httpx.post(f"{base}/v1/chat/completions", json=big)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "request_too_large"
+
+        def chunked():  # no Content-Length: the limit holds while reading
+            yield json.dumps(big).encode()
+
+        r = httpx.post(f"{base}/v1/chat/completions", content=chunked())
+        assert r.status_code == 400 and "bytes" in r.json()["error"]["message"]
+        r = httpx.post(f"{base}/v1/chat/completions", json={"messages": USER})
+        assert r.status_code == 200
+
+
+def test_unknown_paths_and_model_names_answer_in_the_error_shape(url, client):
+    r = httpx.get(f"{url}/etc/passwd")
+    assert r.status_code == 404 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+    r = httpx.get(f"{url}/v1/models/../../etc/passwd")
+    assert r.status_code == 404 and "error" in r.json()
+    # the model name is a label, never a path: any name gets this server's model
+    r = client.chat.completions.create(model="../../etc/passwd", messages=USER, max_tokens=2)
+    assert r.model == "tiny"
+
+
+# ----------------------------------------------------------------------------- concurrency
+
+def test_beyond_the_queue_429_at_once_and_a_disconnect_frees_the_slot(guppy):
+    app = create_app(guppy, "tiny", max_batch=1, max_waiting=1)
+    gate = Gate(app)
+    decoding = app.state.decoding
+    body = {"messages": USER, "stream": True, "max_tokens": 100}
+    with serving(app) as base, httpx.Client(base_url=base, timeout=30) as http:
+        with http.stream("POST", "/v1/chat/completions", json=body) as first:
+            assert first.status_code == 200
+            lines = first.iter_lines()
+            assert next(lines).startswith("data: ")  # the role chunk: it is in flight
+            wait_for(lambda: len(gate.decoder.active) == 1)
+            seq = gate.decoder.active[0]
+            second = threading.Thread(target=httpx.post, args=(f"{base}/v1/chat/completions",),
+                                      kwargs={"json": {"messages": USER}, "timeout": 30})
+            second.start()
+            wait_for(lambda: decoding.counts()["waiting"] == 1)
+            started = time.monotonic()
+            r = httpx.post(f"{base}/v1/chat/completions", json={"messages": USER})
+            assert r.status_code == 429 and time.monotonic() - started < 2
+            error = r.json()["error"]
+            assert set(error) == {"message", "type", "param", "code"}
+            assert error["code"] == "rate_limit_exceeded"
+            # decoding is held, yet the server answers: the event loop is never blocked
+            assert httpx.get(f"{base}/health").json()["active"] == 1
+        # the first client left mid-stream: its slot frees at the next step
+        wait_for(lambda: seq.cancelled)
+        gate.let(1)
+        wait_for(lambda: seq not in gate.decoder.active)
+        assert seq.tokens == [] and seq.finish is None  # dropped, not generated to the end
+        gate.open()
+        second.join(30)
+        wait_for(lambda: decoding.counts()["active"] == decoding.counts()["waiting"] == 0)
+        r = http.post("/v1/chat/completions", json={"messages": USER})
+        assert r.status_code == 200
+
+
+def test_a_non_streaming_client_that_leaves_frees_its_slot(guppy):
+    app = create_app(guppy, "tiny", max_batch=1, max_waiting=0)
+    gate = Gate(app)
+    with serving(app) as base:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{base}/v1/chat/completions", json={"messages": USER}, timeout=0.5)
+        wait_for(lambda: len(gate.decoder.active) == 1)
+        seq = gate.decoder.active[0]
+        wait_for(lambda: seq.cancelled)
+        gate.open()
+        wait_for(lambda: app.state.decoding.counts()["active"] == 0)
+        r = httpx.post(f"{base}/v1/chat/completions", json={"messages": USER}, timeout=30)
+        assert r.status_code == 200
+
+
+# ----------------------------------------------------------------------------- the page
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def test_the_chat_page_in_a_real_browser(guppy, tmp_path):
+    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} missing: .ci/run installs it (apt-get install chromium)")
+        pytest.skip(f"{CHROMIUM} missing; install it with `apt-get install chromium`")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    app = create_app(guppy, "tiny")
+    slow_steps(app, 0.03)  # slow enough to see the reply arrive token by token
+    with serving(app) as base, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 390, "height": 760})
+            page.set_default_timeout(20_000)
+            problems: list[str] = []
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.on("requestfailed", lambda r: problems.append(f"failed: {r.url}"))
+            outside: list[str] = []
+            page.on("request", lambda r: None if r.url.startswith((base, "data:"))
+                    else outside.append(r.url))
+            page.goto(base + "/")
+            assert page.title() == "Chat with Minnow"
+            # record what the reply bubble shows while Guppy is still replying
+            page.evaluate("""() => {
+                window.seen = [];
+                new MutationObserver(() => {
+                    const bubbles = document.querySelectorAll('.fish .bubble');
+                    if (bubbles.length) window.seen.push(
+                        [document.body.dataset.state, bubbles[bubbles.length - 1].textContent]);
+                }).observe(document.getElementById('log'),
+                           {childList: true, subtree: true, characterData: true});
+            }""")
+            with page.expect_request("**/v1/chat/completions") as request:
+                page.fill("#input", "are you hungry?")
+                page.press("#input", "Enter")
+            assert request.value.post_data_json["stream"] is True
+            page.wait_for_function("document.body.dataset.state === 'idle'")
+            reply = page.locator(".fish .bubble").last.text_content()
+            assert reply
+            seen = page.evaluate("window.seen")
+            assert any(state == "replying" and text for state, text in seen), seen  # streamed
+            # the topic shows when asked
+            assert not page.locator(".fish .topic").first.is_visible()
+            page.check("#show-topic")
+            assert page.locator(".fish .topic").first.text_content() in guppy.tok.topics.values()
+            # history is kept: the second request carries the first exchange
+            page.locator("#temperature").fill("0")
+            with page.expect_request("**/v1/chat/completions") as request:
+                page.fill("#input", "why?")
+                page.click("#send")
+            sent = request.value.post_data_json
+            assert [m["role"] for m in sent["messages"]] == ["user", "assistant", "user"]
+            assert sent["messages"][1]["content"] == reply and sent["temperature"] == 0
+            page.wait_for_function("document.body.dataset.state === 'idle'")
+            assert page.locator(".msg").count() == 4
+            # "start over" clears the conversation
+            page.click("#reset")
+            assert page.locator(".msg").count() == 0
+            with page.expect_request("**/v1/chat/completions") as request:
+                page.click(".welcome button")
+            assert len(request.value.post_data_json["messages"]) == 1
+            page.wait_for_function("document.body.dataset.state === 'idle'")
+            page.screenshot(path=str(tmp_path / "chat.png"))
+            assert problems == [] and outside == []
+        finally:
+            browser.close()
