@@ -15,11 +15,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
-from guppylm.chat_format import encode_chat
+import torch
+
+from guppylm.chat_format import SENTENCE_END, encode_chat, first_sentence, opening_to_avoid
 from guppylm.checkpoint import load_run
-from guppylm.generate import SamplingConfig, stream
+from guppylm.generate import SamplingConfig, new_generator, stream
 from guppylm.model import GPT
 from guppylm.tokenizer import Tokenizer
+
+OPENING_TRIES = 3  # draws of a reply whose opening sentence repeats the previous reply's
 
 
 @dataclass
@@ -82,16 +86,43 @@ class Guppy:
         """The reply to `messages` as it is generated: a `Chunk` naming the topic (when the
         model names one), chunks of reply text, and a last chunk saying why it finished.
 
-        `overrides` change the sampling for this reply (temperature=0, seed=1, ...).
+        `overrides` change the sampling for this reply (temperature=0, seed=1, ...). A
+        sampled reply does not open with the sentence the previous reply opened with: small
+        models copy from their context, and a fish that repeats itself is the first thing a
+        person notices. So the opening sentence is held back until it is complete, and if
+        it repeats, the reply is drawn again (at most OPENING_TRIES times, then kept).
         """
         cfg = replace(self.sampling, **overrides)
         ids = self.prompt_ids(messages, cfg.max_new_tokens)
-        limit = min(cfg.max_new_tokens, self.model.cfg.context - len(ids))
+        generator = new_generator(cfg.seed)  # one for all tries: each try draws anew
+        avoid = opening_to_avoid(messages) if cfg.temperature > 0 else ""
+        for attempt in range(OPENING_TRIES):
+            last_try = not avoid or attempt == OPENING_TRIES - 1
+            held: list[Chunk] | None = None if last_try else []  # None: nothing held back
+            for chunk, opening in self._chunks(ids, cfg, generator):
+                if held is None:
+                    yield chunk
+                    continue
+                held.append(chunk)
+                if opening is None:
+                    continue
+                if opening == avoid:
+                    break  # draw the reply again
+                yield from held
+                held = None
+            else:
+                return
+
+    def _chunks(self, ids: list[int], cfg: SamplingConfig,
+                generator: torch.Generator | None) -> Iterator[tuple[Chunk, str | None]]:
+        """One try at the reply: each chunk with the reply's opening sentence, once the
+        text holds a whole sentence or the reply has finished (else None)."""
         tok = self.tok
+        limit = min(cfg.max_new_tokens, self.model.cfg.context - len(ids))
         new: list[int] = []
         shown, finish = "", "length"
         tokens = stream(self.model, ids, replace(cfg, max_new_tokens=limit),
-                        topic_ids=tuple(tok.topics))
+                        topic_ids=tuple(tok.topics), generator=generator)
         for token in tokens:
             if token == tok.end_id:
                 finish = "stop"
@@ -99,14 +130,16 @@ class Guppy:
             if token in (tok.user_id, tok.assistant_id):
                 break  # it began another turn without ending its own: not a proper end
             if token in tok.topics:
-                yield Chunk(topic=tok.topics[token])
+                yield Chunk(topic=tok.topics[token]), None
                 continue
             new.append(token)
             text = tok.decode(new)
             if len(text) > len(shown) and not text.endswith("\ufffd"):  # whole characters
-                yield Chunk(text=text[len(shown):])
+                opening = first_sentence(text) if SENTENCE_END.search(text) else None
+                yield Chunk(text=text[len(shown):]), opening
                 shown = text
-        yield Chunk(text=tok.decode(new)[len(shown):], finish=finish)
+        text = tok.decode(new)
+        yield Chunk(text=text[len(shown):], finish=finish), first_sentence(text)
 
     def respond(self, messages: list[dict], **overrides) -> Reply:
         """The next reply, the topic the model named for it, and why it finished."""

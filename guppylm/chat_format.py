@@ -30,6 +30,7 @@ TOPIC_TOKEN = re.compile(r"<\|topic:(.+?)\|>")
 NO_LOSS, REPLY, TOPIC = 0, 1, 2  # what an id of an encoded chat is to training
 
 _SPACES = re.compile(r"\s+")
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")  # where one sentence ends and the next begins
 
 
 def topic_token(name: str) -> str:
@@ -60,6 +61,23 @@ def turns(conv: dict) -> list[tuple[str, str]]:
     """The (user, assistant) pairs of a conversation, in order."""
     msgs = conv["messages"]
     return [(msgs[i]["content"], msgs[i + 1]["content"]) for i in range(0, len(msgs) - 1, 2)]
+
+
+def split_sentences(text: str) -> list[str]:
+    return [s for s in SENTENCE_END.split(text.strip()) if s]
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence, lowercased: what a reader notices when a reply repeats itself."""
+    sentences = split_sentences(text)
+    return sentences[0].strip().lower() if sentences else ""
+
+
+def opening_to_avoid(messages: list[dict]) -> str:
+    """The first sentence of the last assistant message ("" if none): a reply that opens the
+    way the previous one did sounds broken, so chat does not open with it again."""
+    said = [m["content"] for m in messages if m["role"] == "assistant"]
+    return first_sentence(said[-1]) if said else ""
 
 
 def topics_of(conversations: list[dict]) -> list[str]:

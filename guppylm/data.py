@@ -24,10 +24,9 @@ from pathlib import Path
 
 from guppylm import template
 from guppylm.atomic import atomic_write_all
-from guppylm.chat_format import conversation, normalize_user_text, turns
+from guppylm.chat_format import conversation, first_sentence, normalize_user_text, turns
 from guppylm.errors import ConfigError, GuppyError
 from guppylm.persona import SUBJECT, Persona, Topic
-from guppylm.scoring import first_sentence
 
 SPLITS = ("train", "val", "test")
 

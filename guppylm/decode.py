@@ -29,7 +29,8 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
-from guppylm.chat import Chunk
+from guppylm.chat import OPENING_TRIES, Chunk
+from guppylm.chat_format import SENTENCE_END, first_sentence
 from guppylm.generate import SamplingConfig, choose_topic, pick_token
 from guppylm.model import GPT
 from guppylm.tokenizer import Tokenizer
@@ -49,6 +50,7 @@ class Sequence:
     cfg: SamplingConfig
     stop: tuple[str, ...] = ()
     emit: Callable[[Chunk], None] = lambda chunk: None
+    avoid: str = ""  # an opening sentence not to repeat: chat_format.opening_to_avoid
     tokens: list[int] = field(default_factory=list)  # every token chosen: topic and end too
     finish: str | None = None  # "stop" or "length" once finished, "error" if decoding failed
     cancelled: bool = False  # set by anyone; the sequence leaves at the next step
@@ -59,6 +61,11 @@ class Sequence:
     generator: torch.Generator | None = None
     reply: list[int] = field(default_factory=list)  # the reply's tokens, for the text
     shown: str = ""  # the text emitted so far
+    # the opening rule of Guppy.stream: chunks held back until the opening sentence is known
+    held: list[Chunk] | None = None  # None: nothing held back
+    tries: int = 0
+    seen: str = ""  # the text when the opening was last looked for
+    first_logits: torch.Tensor | None = None  # after the prompt, to draw the reply again
 
 
 class BatchDecoder:
@@ -88,6 +95,8 @@ class BatchDecoder:
         device = self.model.wte.weight.device
         seq.logits = self.model(torch.tensor([seq.prompt], device=device),
                                 caches=seq.caches)[0, -1].cpu()
+        if seq.avoid and seq.cfg.temperature > 0:  # as Guppy.stream: greedy never redraws
+            seq.first_logits, seq.held = seq.logits.clone(), []
         self.active.append(seq)
 
     @torch.inference_mode()
@@ -104,6 +113,7 @@ class BatchDecoder:
             if seq.finish is None:
                 going_on.append(seq)
         self.active = going_on
+        going_on = [s for s in going_on if s.tokens]  # a reply drawn again has its logits
         if going_on:
             logits = forward_step(self.model, [s.tokens[-1] for s in going_on],
                                   [len(s.prompt) + len(s.tokens) - 1 for s in going_on],
@@ -140,16 +150,50 @@ class BatchDecoder:
                 chunks.append(Chunk(text=safe[len(seq.shown):]))
                 seq.shown = safe
         if len(seq.tokens) == seq.limit:
-            chunks += self._finish(seq, "length")
-        return chunks
+            if seq.held is not None:  # the finish decides the opening: hold these too
+                seq.held += chunks
+                chunks = []
+            return chunks + self._finish(seq, "length")
+        return self._opening(seq, chunks, self.tok.decode(seq.reply), finished=False)
 
     def _finish(self, seq: Sequence, finish: str, text: str | None = None) -> list[Chunk]:
         """The last chunk: the text not sent yet (all of the reply's, as Guppy.stream
         ends, unless `text` says where it ends)."""
-        seq.finish = finish
-        seq.caches, seq.logits = [], None  # free the memory now
         text = self.tok.decode(seq.reply) if text is None else text
-        return [Chunk(text=text[len(seq.shown):], finish=finish)]
+        chunks = self._opening(seq, [Chunk(text=text[len(seq.shown):], finish=finish)], text,
+                               finished=True)
+        if seq.tokens:  # not drawn again: finished
+            seq.finish = finish
+            seq.caches, seq.logits = [], None  # free the memory now
+        return chunks
+
+    def _opening(self, seq: Sequence, chunks: list[Chunk], text: str,
+                 finished: bool) -> list[Chunk]:
+        """Guppy.stream's opening rule: hold the chunks back until the reply's opening
+        sentence is known; if it repeats `seq.avoid`, draw the reply again (the same tries,
+        decided at the same tokens, with the same generator: the same reply as alone)."""
+        if seq.held is None:
+            return chunks
+        seq.held += chunks
+        grew, seq.seen = len(text) > len(seq.seen), text
+        known = finished or (grew and not text.endswith("\ufffd") and SENTENCE_END.search(text))
+        if not known:
+            return []
+        seq.tries += 1
+        if first_sentence(text) == seq.avoid:
+            self._draw_again(seq)
+            return []
+        held, seq.held = seq.held, None
+        return held
+
+    def _draw_again(self, seq: Sequence) -> None:
+        """Forget the reply so far: back to the logits after the prompt."""
+        n = len(seq.prompt)
+        for cache in seq.caches:
+            cache["k"], cache["v"] = cache["k"][:, :, :n], cache["v"][:, :, :n]
+        seq.tokens, seq.reply, seq.shown, seq.seen = [], [], "", ""
+        seq.logits = seq.first_logits.clone()
+        seq.held = [] if seq.tries < OPENING_TRIES - 1 else None
 
 
 def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:

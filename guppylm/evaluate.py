@@ -22,7 +22,7 @@ from guppylm import persona as persona_mod
 from guppylm.atomic import atomic_write
 from guppylm.batching import collate, encode_examples, make_batches
 from guppylm.chat import Guppy
-from guppylm.chat_format import turns
+from guppylm.chat_format import first_sentence, turns
 from guppylm.checkpoint import read_config
 from guppylm.errors import GuppyError
 from guppylm.report import write_report
@@ -30,7 +30,6 @@ from guppylm.scoring import (
     Grammar,
     copy_rate,
     distinct_n,
-    first_sentence,
     judge,
     uses_any,
 )

@@ -68,19 +68,25 @@ def choose_topic(logits: torch.Tensor, topic_ids: torch.Tensor, cfg: SamplingCon
     return int(topic_ids[pick_token(logits[topic_ids], topic_cfg, generator)])
 
 
+def new_generator(seed: int | None) -> torch.Generator | None:
+    """A random number generator seeded with `seed`; None (torch's global one) for no seed."""
+    return None if seed is None else torch.Generator(device="cpu").manual_seed(seed)
+
+
 @torch.inference_mode()
 def stream(model: GPT, prompt_ids: list[int], cfg: SamplingConfig,
-           stop_ids: tuple[int, ...] = (), topic_ids: tuple[int, ...] = ()) -> Iterator[int]:
+           stop_ids: tuple[int, ...] = (), topic_ids: tuple[int, ...] = (),
+           generator: torch.Generator | None = None) -> Iterator[int]:
     """Yield new token ids one by one; stop at a stop id (not yielded) or a length limit.
 
     A reply may begin with a topic token (`topic_ids`, chat_format.py): it is chosen by
-    `choose_topic`, and topic tokens cannot be sampled after it.
+    `choose_topic`, and topic tokens cannot be sampled after it. Random draws come from
+    `generator`, or from a new one seeded with `cfg.seed`.
     """
     model.eval()
     device = next(model.parameters()).device
-    generator = None
-    if cfg.seed is not None:
-        generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    if generator is None:
+        generator = new_generator(cfg.seed)
     room = model.cfg.context - len(prompt_ids)
     if room <= 0:
         raise ValueError(f"prompt of {len(prompt_ids)} tokens leaves no room in the context")
@@ -109,9 +115,7 @@ def stream_without_cache(model: GPT, prompt_ids: list[int], cfg: SamplingConfig,
     """
     model.eval()
     device = next(model.parameters()).device
-    generator = None
-    if cfg.seed is not None:
-        generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    generator = new_generator(cfg.seed)
     ids = list(prompt_ids)
     for _ in range(min(cfg.max_new_tokens, model.cfg.context - len(prompt_ids))):
         logits = model(torch.tensor([ids], device=device))[0, -1]

@@ -14,10 +14,10 @@ import re
 from dataclasses import dataclass
 
 from guppylm import template
+from guppylm.chat_format import SENTENCE_END, split_sentences
 from guppylm.persona import Persona
 
 MARKUP = re.compile(r"<\|[a-z]*\|?>?|\|>")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _WORD = re.compile(r"[\w']+")
 
 
@@ -70,14 +70,6 @@ def is_loop(reply: str) -> bool:
     return any(trigrams.count(t) >= 3 for t in set(trigrams))
 
 
-def split_sentences(text: str) -> list[str]:
-    return [s for s in _SENTENCE_END.split(text.strip()) if s]
-
-
-def first_sentence(text: str) -> str:
-    """The first sentence, lowercased: what a reader notices when a reply repeats itself."""
-    sentences = split_sentences(text)
-    return sentences[0].strip().lower() if sentences else ""
 
 
 # ----------------------------------------------------------------------------- grammar
@@ -143,7 +135,7 @@ def _sentences(nodes: tuple, pools: dict) -> list[tuple]:
 
     for node in nodes:
         if isinstance(node, template.Text):
-            pieces = _SENTENCE_END.split(node.text)
+            pieces = SENTENCE_END.split(node.text)
             for i, piece in enumerate(pieces):
                 if piece.strip():
                     current.append(template.Text(piece))

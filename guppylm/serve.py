@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from guppylm.chat import Chunk, Guppy
+from guppylm.chat_format import opening_to_avoid
 from guppylm.decode import DecodeLoop, Full, Sequence, sampling_for
 from guppylm.errors import GuppyError
 
@@ -367,10 +368,11 @@ def create_app(guppy: Guppy, model_id: str = "guppy", *, max_batch: int = 32,
         cfg = sampling_for(guppy.sampling, temperature=req.temperature, top_p=req.top_p,
                            top_k=req.top_k, seed=req.seed,
                            max_new_tokens=req.max_completion_tokens or req.max_tokens)
-        messages = _fitting_tail(req.conversation(), guppy.model.cfg.context)
+        conversation = req.conversation()
+        messages = _fitting_tail(conversation, guppy.model.cfg.context)
         ids = await asyncio.to_thread(guppy.prompt_ids, messages, cfg.max_new_tokens)
         chunks: asyncio.Queue[Chunk] = asyncio.Queue()
-        seq = Sequence(ids, cfg, stop=req.stop,
+        seq = Sequence(ids, cfg, stop=req.stop, avoid=opening_to_avoid(conversation),
                        emit=lambda chunk: mailbox.post(chunks, chunk))
         try:
             decoding.submit(seq)

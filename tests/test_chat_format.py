@@ -10,7 +10,7 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from guppylm import chat, data, persona
 from guppylm.batching import collate, encode_examples
-from guppylm.chat import Guppy, Reply
+from guppylm.chat import OPENING_TRIES, Guppy, Reply
 from guppylm.chat_format import chat_texts, decode_chat, encode_chat, topics_of
 from guppylm.evaluate import repeat_rate
 from guppylm.generate import SamplingConfig, choose_topic
@@ -119,9 +119,9 @@ def fake_model_output(monkeypatch, tokens: list[int]) -> list[tuple]:
     """Make `chat.stream` give `tokens`; return the (topic ids, temperature) it was asked."""
     asked = []
 
-    def fake_stream(model, ids, cfg, stop_ids=(), topic_ids=()):
+    def fake_stream(model, ids, cfg, stop_ids=(), topic_ids=(), generator=None):
         asked.append((topic_ids, cfg.temperature))
-        return iter(tokens)
+        return iter(tokens.pop(0) if isinstance(tokens[0], list) else tokens)
 
     monkeypatch.setattr(chat, "stream", fake_stream)
     return asked
@@ -143,6 +143,34 @@ def test_stream_names_the_topic_then_the_reply_then_why_it_finished(tok, monkeyp
     reply = g.respond([{"role": "user", "content": "hungry?"}])
     assert reply == Reply("i eat flakes.", "food", finish)
     assert reply.ended is (finish == "stop")
+
+
+def test_a_reply_does_not_open_as_the_previous_one_did(tok, monkeypatch):
+    enc = tok.encode
+    tries = [[tok.topic_id("food"), *enc("i eat flakes. yum."), tok.end_id],  # repeats: again
+             [tok.topic_id("food"), *enc("i eat flakes."), tok.end_id],  # repeats at its end
+             [tok.topic_id("food"), *enc("flakes are good. i eat them."), tok.end_id]]
+    asked = fake_model_output(monkeypatch, tries)
+    g = Guppy(tiny_model(tok), tok)
+    history = [{"role": "user", "content": "hungry?"},
+               {"role": "assistant", "content": "I eat flakes. they are the best."},
+               {"role": "user", "content": "why?"}]
+    chunks = list(g.stream(history))
+    assert "".join(c.text for c in chunks) == "flakes are good. i eat them."
+    assert [c.topic for c in chunks if c.topic] == ["food"]  # the dropped tries sent nothing
+    assert len(asked) == 3 and tries == []
+
+
+def test_the_last_try_is_kept_and_greedy_replies_are_never_drawn_again(tok, monkeypatch):
+    history = [{"role": "user", "content": "hungry?"},
+               {"role": "assistant", "content": "i eat flakes."},
+               {"role": "user", "content": "why?"}]
+    g = Guppy(tiny_model(tok), tok)
+    same = [tok.topic_id("food"), *tok.encode("i eat flakes."), tok.end_id]
+    asked = fake_model_output(monkeypatch, [list(same) for _ in range(OPENING_TRIES)])
+    assert g.respond(history).text == "i eat flakes." and len(asked) == OPENING_TRIES
+    asked = fake_model_output(monkeypatch, [list(same)])
+    assert g.respond(history, temperature=0).text == "i eat flakes." and len(asked) == 1
 
 
 def test_the_topic_is_the_likeliest_and_only_ever_first(tok):
