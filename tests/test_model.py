@@ -76,3 +76,22 @@ def test_loss_ignores_masked_targets():
     expected = torch.nn.functional.cross_entropy(logits[:, 8:].reshape(-1, 97),
                                                  targets[:, 8:].reshape(-1))
     assert torch.allclose(model(idx, masked), expected, atol=1e-5)
+
+
+def test_sampling_keeps_the_top_k_then_the_top_p_and_draws_by_probability():
+    from guppylm.generate import SamplingConfig, pick_token
+
+    logits = torch.log(torch.tensor([0.05, 0.5, 0.3, 0.15]))
+    gen = torch.Generator().manual_seed(0)
+
+    def draws(**kw) -> torch.Tensor:
+        cfg = SamplingConfig(**{"temperature": 1.0, "top_k": 0, "top_p": 1.0, **kw})
+        picks = torch.tensor([pick_token(logits, cfg, gen) for _ in range(4000)])
+        return torch.bincount(picks, minlength=4) / len(picks)
+
+    assert torch.allclose(draws(), torch.tensor([0.05, 0.5, 0.3, 0.15]), atol=0.03)
+    assert torch.allclose(draws(top_k=2), torch.tensor([0, 0.5 / 0.8, 0.3 / 0.8, 0]), atol=0.03)
+    # 0.5 holds less than 0.7, 0.5 + 0.3 holds it: the two likeliest stay
+    assert torch.allclose(draws(top_p=0.7), torch.tensor([0, 0.5 / 0.8, 0.3 / 0.8, 0]), atol=0.03)
+    assert draws(top_p=0.4)[1] == 1.0  # the likeliest alone holds 0.4
+    assert pick_token(logits, SamplingConfig(temperature=0), gen) == 1
