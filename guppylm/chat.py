@@ -19,7 +19,7 @@ import torch
 
 from guppylm.chat_format import SENTENCE_END, encode_chat, first_sentence, opening_to_avoid
 from guppylm.checkpoint import load_run
-from guppylm.generate import SamplingConfig, new_generator, stream
+from guppylm.generate import SamplingConfig, choose_topic, new_generator, stream
 from guppylm.model import GPT
 from guppylm.tokenizer import Tokenizer
 
@@ -66,21 +66,53 @@ class Guppy:
         return cls(model, tok, SamplingConfig(**sampling), name=config.get("persona_name", "guppy"))
 
     def prompt_ids(self, messages: list[dict], max_new_tokens: int) -> list[int]:
-        """Ids for the history plus the reply cue, dropping the oldest turns to leave room
-        for the reply, and cutting the newest message itself if it alone is too long."""
+        """Ids for the history plus the reply cue, leaving room for the reply: the oldest
+        turns are dropped, and the newest message alone is cut if it is too long.
+
+        Chat clients send past replies back as `content` only; each gets back the topic the
+        model names at that point (`restore_topics`), so the model reads its history as it
+        wrote it.
+        """
         context = self.model.cfg.context
         budget = context - min(max_new_tokens, context // 2)
-        messages = list(messages)
+        kept = self._trimmed(list(messages), budget)
+        while True:
+            ids, _ = encode_chat(self.tok, self.restore_topics(kept), add_generation_prompt=True)
+            if len(ids) <= budget or len(kept) <= 1:
+                return ids
+            kept = kept[2:] if len(kept) > 2 else kept[1:]
+
+    def _trimmed(self, messages: list[dict], budget: int) -> list[dict]:
         while True:
             ids, _ = encode_chat(self.tok, messages, add_generation_prompt=True)
             if len(ids) <= budget:
-                return ids
+                return messages
             if len(messages) > 1:
                 messages = messages[2:] if len(messages) > 2 else messages[1:]
                 continue
             # one message too long: keep its first tokens
             content = self.tok.encode(messages[0]["content"])[: budget - 4]
             messages = [{**messages[0], "content": self.tok.decode(content)}]
+
+    @torch.inference_mode()
+    def restore_topics(self, messages: list[dict]) -> list[dict]:
+        """`messages` with each past assistant reply that has no topic given the topic the
+        model names there, chosen as chat chooses it (greedily, if it names one at all)."""
+        if not self.tok.topics:
+            return messages
+        topic_ids = torch.tensor(sorted(self.tok.topics))
+        device = next(self.model.parameters()).device
+        out: list[dict] = []
+        for message in messages:
+            if message["role"] == "assistant" and not message.get("topic"):
+                ids, _ = encode_chat(self.tok, out, add_generation_prompt=True)
+                ids = ids[-self.model.cfg.context:]
+                logits = self.model(torch.tensor([ids], device=device))[0, -1].cpu()
+                topic = choose_topic(logits, topic_ids, SamplingConfig(temperature=0))
+                if topic is not None:
+                    message = {**message, "topic": self.tok.topics[topic]}
+            out.append(message)
+        return out
 
     def stream(self, messages: list[dict], **overrides) -> Iterator[Chunk]:
         """The reply to `messages` as it is generated: a `Chunk` naming the topic (when the

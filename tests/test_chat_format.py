@@ -103,16 +103,23 @@ def test_past_turns_lose_their_topic_at_the_asked_rate_and_the_last_never(convs,
     assert 0.35 < share < 0.65
 
 
-def test_history_goes_back_as_content_only_unless_asked(tok):
+def test_history_goes_back_as_content_only_and_its_topics_are_restored(tok, monkeypatch):
     reply = Reply("i eat flakes.", "food", "stop")
     assert reply.message() == {"role": "assistant", "content": "i eat flakes."}
     assert reply.message(with_topic=True)["topic"] == "food"
     g = Guppy(tiny_model(tok), tok)
-    plain = g.prompt_ids([{"role": "user", "content": "hi"}, reply.message(),
-                          {"role": "user", "content": "why?"}], 20)
-    topical = g.prompt_ids([{"role": "user", "content": "hi"}, reply.message(with_topic=True),
-                            {"role": "user", "content": "why?"}], 20)
-    assert len(topical) == len(plain) + 1 and tok.topic_id("food") in topical
+
+    def prompt(message: dict) -> list[int]:
+        return g.prompt_ids([{"role": "user", "content": "hi"}, message,
+                             {"role": "user", "content": "why?"}], 20)
+
+    topical = prompt(reply.message(with_topic=True))
+    assert tok.topic_id("food") in topical
+    # the model names "food" where the reply began: the content-only history reads the same
+    monkeypatch.setattr(chat, "choose_topic", lambda *a: tok.topic_id("food"))
+    assert prompt(reply.message()) == topical
+    monkeypatch.setattr(chat, "choose_topic", lambda *a: None)  # it names no topic there
+    assert len(prompt(reply.message())) == len(topical) - 1
 
 
 def fake_model_output(monkeypatch, tokens: list[int]) -> list[tuple]:

@@ -176,6 +176,14 @@ def test_batched_decoding_gives_the_chunks_of_guppy_stream_alone(guppy):
     assert {seq.finish for seq in seqs} == {"stop", "length"}
 
 
+def test_a_restored_topic_is_the_one_the_model_chose(guppy):
+    for i, text in enumerate(["are you hungry?", "how is the water?", "hi"]):
+        said = [{"role": "user", "content": text}]
+        reply = guppy.respond(said, seed=i)
+        restored = guppy.restore_topics(said + [reply.message()])[-1]
+        assert reply.topic is not None and restored.get("topic") == reply.topic
+
+
 def test_a_reply_that_opens_as_the_last_did_is_drawn_again_as_guppy_stream_does(
         guppy, monkeypatch):
     from guppylm import chat
