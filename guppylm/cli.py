@@ -138,6 +138,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
     serve(args.run, host=args.host, port=args.port)
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from guppylm.export import export  # torch, and the [export] extra, load only here
+
+    start = time.perf_counter()
+    out = export(args.format, Path(args.run), Path(args.out), force=args.force,
+                 int8=args.int8, vendor=args.vendor)
+    print(f"exported {args.run} as {args.format} to {out} in {time.perf_counter() - start:.1f} s")
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     run_pipeline(args.persona, DataConfig(**given(args, DataConfig)),
                  run_config(**given(args, TrainConfig)), quiet=args.quiet)
@@ -249,6 +258,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data folder (default: the one the run was trained on, "
                                   "or, when it is gone, the same data composed again)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="export a model to transformers, ONNX, the browser, GGUF",
+                       description="Write a trained model in another runtime's format "
+                                   "(docs/export.md): hf (transformers), onnx (ONNX Runtime, "
+                                   "transformers.js), web (a static chat page), gguf "
+                                   "(llama.cpp, Ollama).")
+    p.add_argument("format", choices=("hf", "onnx", "web", "gguf"), metavar="FORMAT",
+                   help="hf, onnx, web or gguf")
+    p.add_argument("run", metavar="RUN", help="run folder, e.g. runs/guppy")
+    p.add_argument("out", metavar="OUT",
+                   help="folder to write (for gguf: the .gguf file; a Modelfile goes beside it)")
+    p.add_argument("--int8", action="store_true",
+                   help="onnx: also write onnx/model_quantized.onnx (int8 weights)")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT")
+    p.add_argument("--vendor", help="web: folder of the vendored JavaScript "
+                                    "(default: the one `make vendor` fills)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("run", help="the whole pipeline: data, tokenizer, training, sample chat",
                        description="Compose data, train a model within a time budget "
