@@ -31,7 +31,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -40,6 +39,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+from machine import cpu_name  # benchmarks/machine.py
 
 from guppylm import persona as persona_mod
 from guppylm.chat import Guppy
@@ -61,17 +61,6 @@ SAMPLING = SamplingConfig(temperature=0.7, top_k=40, top_p=0.9, max_new_tokens=8
 Responder = Callable[[list[dict], int], tuple[str, bool]]
 # ... and for speed: prompt ids -> an iterator of NEW_TOKENS new token ids
 Streamer = Callable[[list[int]], Iterator[int]]
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.strip().startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def size(path: Path) -> int:

@@ -32,10 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from machine import cpu_name  # benchmarks/machine.py
 
 PROMPTS = ["hi guppy", "are you hungry?", "how is the water today?", "tell me a joke",
            "what do you think about cats?", "i failed my exam today", "do you like music?",
            "what is the meaning of life?", "good morning!", "is it cold in your tank?"]
+
 
 
 @dataclass
@@ -44,17 +46,6 @@ class Result:
     per_token: float | None = None  # seconds per token after the first
     tokens: int = 0
     error: str | None = None
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.strip().startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def cpu_seconds(pid: int) -> float | None:

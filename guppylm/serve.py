@@ -37,6 +37,7 @@ from guppylm.chat import Chunk, Guppy
 from guppylm.chat_format import opening_to_avoid
 from guppylm.decode import DecodeLoop, Full, Sequence, sampling_for
 from guppylm.errors import GuppyError
+from guppylm.pages import chat_page
 
 try:
     import uvicorn
@@ -528,11 +529,8 @@ async def _events(reply: _Reply, seq: Sequence, chunks: asyncio.Queue, decoding:
 def _page(guppy: Guppy, model_id: str) -> str:
     """The chat page, told the model's name and default temperature."""
     html = resources.files("guppylm").joinpath("static/index.html").read_text(encoding="utf-8")
-    config = json.dumps({"model": model_id, "name": guppy.name,
-                         "temperature": guppy.sampling.temperature})
-    config = config.replace("<", "\\u003c")  # nothing in it can close the <script>
-    return html.replace('<script id="guppy-config" type="application/json">{}</script>',
-                        f'<script id="guppy-config" type="application/json">{config}</script>')
+    return chat_page(html, {"model": model_id, "name": guppy.name,
+                            "temperature": guppy.sampling.temperature})
 
 
 # ----------------------------------------------------------------------------- `guppy serve`

@@ -57,6 +57,19 @@ def tiny_persona(tmp_path: Path) -> Path:
     return path
 
 
+def train_tiny_run(folder: Path, steps: int) -> Path:
+    """Data from the tiny persona, and guppy-tiny trained on it for `steps` steps, in
+    `folder`; returns the run folder."""
+    (folder / "minnow.toml").write_text(TINY_PERSONA)
+    assert main(["data", "--persona", str(folder / "minnow.toml"), "--n", "1200",
+                 "--out", str(folder / "data")]) == 0
+    assert main(["train", "--data", str(folder / "data"), "--run", str(folder / "tiny"),
+                 "--preset", "guppy-tiny", "--steps", str(steps), "--batch-tokens", "1024",
+                 "--lr", "1e-2", "--warmup", "5", "--eval-every", str(steps),
+                 "--checkpoint-every", str(steps), "--device", "cpu", "--quiet"]) == 0
+    return folder / "tiny"
+
+
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     """Run `guppy ARGS` in-process; return (exit status, stdout, stderr)."""
     code = main([str(a) for a in args])

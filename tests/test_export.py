@@ -26,7 +26,7 @@ from guppylm.cli import main
 from guppylm.generate import SamplingConfig, stream
 from guppylm.scoring import judge
 
-from conftest import TINY_PERSONA, run_cli
+from conftest import run_cli, train_tiny_run
 
 GREEDY = SamplingConfig(temperature=0, max_new_tokens=40)
 PROMPTS = ["are you hungry?", "how is the water?", "hi", "what do you eat?"]
@@ -35,15 +35,7 @@ PROMPTS = ["are you hungry?", "how is the water?", "hi", "what do you eat?"]
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """A tiny trained run folder that answers in character."""
-    folder = tmp_path_factory.mktemp("export")
-    (folder / "minnow.toml").write_text(TINY_PERSONA)
-    assert main(["data", "--persona", str(folder / "minnow.toml"), "--n", "1200",
-                 "--out", str(folder / "data")]) == 0
-    assert main(["train", "--data", str(folder / "data"), "--run", str(folder / "tiny"),
-                 "--preset", "guppy-tiny", "--steps", "120", "--batch-tokens", "1024",
-                 "--lr", "1e-2", "--warmup", "5", "--eval-every", "120",
-                 "--checkpoint-every", "120", "--device", "cpu", "--quiet"]) == 0
-    return folder / "tiny"
+    return train_tiny_run(tmp_path_factory.mktemp("export"), steps=120)
 
 
 @pytest.fixture(scope="module")

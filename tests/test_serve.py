@@ -33,12 +33,11 @@ from guppylm.chat import (
     Guppy,  # noqa: E402
 )
 from guppylm.chat_format import opening_to_avoid
-from guppylm.cli import main  # noqa: E402
 from guppylm.decode import BatchDecoder, Sequence, forward_step, sampling_for  # noqa: E402
 from guppylm.generate import stream  # noqa: E402
 from guppylm.serve import _fitting_tail, create_app  # noqa: E402
 
-from conftest import TINY_PERSONA  # noqa: E402
+from conftest import train_tiny_run  # noqa: E402
 
 USER = [{"role": "user", "content": "are you hungry?"}]
 
@@ -46,15 +45,7 @@ USER = [{"role": "user", "content": "are you hungry?"}]
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """A tiny trained run folder (about 10 s on 2 cores)."""
-    folder = tmp_path_factory.mktemp("serve")
-    (folder / "minnow.toml").write_text(TINY_PERSONA)
-    assert main(["data", "--persona", str(folder / "minnow.toml"), "--n", "1200",
-                 "--out", str(folder / "data")]) == 0
-    assert main(["train", "--data", str(folder / "data"), "--run", str(folder / "tiny"),
-                 "--preset", "guppy-tiny", "--steps", "40", "--batch-tokens", "1024",
-                 "--lr", "1e-2", "--warmup", "5", "--eval-every", "40",
-                 "--checkpoint-every", "40", "--device", "cpu", "--quiet"]) == 0
-    return folder / "tiny"
+    return train_tiny_run(tmp_path_factory.mktemp("serve"), steps=40)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ page fetches nothing from another host and exporting downloads nothing.
 
 from __future__ import annotations
 
-import json
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -26,6 +25,7 @@ from guppylm.export.folder import building, need
 from guppylm.export.hf import write_hf
 from guppylm.export.onnx import write_onnx
 from guppylm.generate import SamplingConfig
+from guppylm.pages import chat_page
 from guppylm.tokenizer import Tokenizer
 
 VENDOR = Path(__file__).with_name("vendor")  # filled by `make vendor`
@@ -50,9 +50,7 @@ def page(name: str, tok: Tokenizer) -> str:
                 "max_new_tokens": s.max_new_tokens,
                 "topics": {str(i): topic for i, topic in tok.topics.items()}}
     html = resources.files("guppylm.export").joinpath("web.html").read_text(encoding="utf-8")
-    block = json.dumps(settings).replace("</", "<\\/")  # safe inside <script>
-    return html.replace('<script id="guppy-config" type="application/json">{}</script>',
-                        f'<script id="guppy-config" type="application/json">{block}</script>')
+    return chat_page(html, settings)
 
 
 def export_web(run: Path, out: Path, force: bool = False,
