@@ -9,7 +9,13 @@ from guppylm import data, persona
 from guppylm.chat import Guppy
 from guppylm.chat_format import encode_chats
 from guppylm.errors import GuppyError
-from guppylm.evaluate import STYLES, load_persona_test, persona_test_path, split_loss
+from guppylm.evaluate import (
+    STYLES,
+    load_persona_test,
+    persona_test_path,
+    respond_together,
+    split_loss,
+)
 from guppylm.scoring import Grammar, copy_rate, distinct_n, is_loop, judge
 from guppylm.train import TrainConfig, train
 
@@ -163,6 +169,21 @@ def test_two_runs_side_by_side(two_runs, capsys):
     a = json.loads((two_runs / "a" / "eval.json").read_text())
     b = json.loads((two_runs / "b" / "eval.json").read_text())
     assert b["test_loss"] < a["test_loss"]  # more training, lower held-out loss
+
+
+def test_replies_decoded_together_are_the_replies_decoded_alone(two_runs):
+    """eval decodes its prompts in batches: the replies must be Guppy.respond's, bit for bit,
+    for single turns and for histories sent back as content only (restored topics, the
+    opening rule), at several seeds, with batches smaller than the number of requests."""
+    guppy = Guppy.load(two_runs / "b")
+    first = [{"role": "user", "content": text} for text in ("hi", "R U HUNGRY", "hows ur water")]
+    history = [first[0], {"role": "assistant", "content": guppy.reply("hi", seed=3)},
+               {"role": "user", "content": "and food?"}]
+    requests = [([m], seed) for m in first for seed in (0, 1, 2)] + [(history, 4), (history, 5)]
+    together = respond_together(guppy, requests, max_batch=4)
+    alone = [guppy.respond(messages, seed=seed) for messages, seed in requests]
+    assert together == alone
+    assert len({r.text for r in alone}) > 1  # the seeds did differ: a real comparison
 
 
 def test_eval_of_a_folder_that_is_no_run(tmp_path, capsys):
