@@ -132,6 +132,19 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(format_table(results))
 
 
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from guppylm.checkpoint import load_run
+    from guppylm.probe import ProbeConfig, format_inspection, inspect_prompt
+    from guppylm.probe_plots import write_figures
+
+    cfg = ProbeConfig(**given(args, ProbeConfig))  # bad flags fail before the model loads
+    model, tok, _ = load_run(Path(args.run))
+    seen = inspect_prompt(model, tok, cfg)
+    paths = write_figures(seen, Path(args.out) if args.out else Path(args.run) / "inspect")
+    print(format_inspection(seen))
+    print("\nwrote " + " and ".join(str(path) for path in paths))
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from guppylm.serve import serve  # one-line GuppyError when the [serve] extra is missing
 
@@ -258,6 +271,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data folder (default: the one the run was trained on, "
                                   "or, when it is gone, the same data composed again)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("inspect", help="look inside: tokens, topic, probabilities, attention",
+                       description="Show how a model reads a prompt and writes its reply: "
+                                   "the prompt's tokens, the topic decision, the likeliest "
+                                   "candidates for each reply token, the logit lens, and "
+                                   "attention.png and tokens.png (docs/inspect.md).")
+    p.add_argument("run", metavar="RUN", help="run folder, e.g. runs/guppy")
+    p.add_argument("--prompt", required=True, help="the message to reply to")
+    p.add_argument("--top", type=int, help="candidates shown per reply token (default: 5)")
+    p.add_argument("--lens", action="store_true", default=None,
+                   help="also show what each layer would predict (the logit lens)")
+    p.add_argument("--seed", type=int,
+                   help="sample the reply as chat does, with this seed (default: greedy)")
+    p.add_argument("--max-new-tokens", type=int, help="the longest reply (default: 80)")
+    p.add_argument("--out", help="folder for the pictures (default: RUN/inspect)")
+    p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("export", help="export a model to transformers, ONNX, the browser, GGUF",
                        description="Write a trained model in another runtime's format "

@@ -14,6 +14,12 @@ cache) and leaves when it finishes or is cancelled. Each sequence's tokens are e
 `Guppy.stream` gives for the same request alone (tests/test_serve.py checks it): the choice
 of a token uses only that sequence's logits and generator, whatever else is in the batch.
 
+A sequence may also ask for the probabilities behind its tokens (`top_logprobs`): its
+chunks are then `ScoredChunk`s, which carry the log-probability of each reply token and of
+the likeliest alternatives, and of the topic among the topics. They are read off the logits
+the step computes anyway, before any token is chosen, so the tokens are the same, bit for
+bit, whether they are asked for or not.
+
 `DecodeLoop` runs a `BatchDecoder` in a background thread, fed by a bounded queue: the
 server's side of it (serve.py) only submits, cancels and receives chunks.
 """
@@ -38,6 +44,36 @@ from guppylm.tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class TokenScore:
+    """A token's log-probability and the likeliest tokens of the same distribution."""
+
+    id: int
+    logprob: float
+    top: list[tuple[int, float]]  # (token id, log-probability), likeliest first
+
+
+@dataclass
+class ScoredChunk(Chunk):
+    """A chunk of a sequence that asked for probabilities: the scores of the reply tokens
+    whose text it completes, and, on the chunk naming the topic, the topic's score among
+    the topics only (the distribution `choose_topic` chooses from)."""
+
+    scores: list[TokenScore] = field(default_factory=list)
+    topic_score: TokenScore | None = None
+
+
+def score(logprobs: torch.Tensor, token: int, n: int,
+          ids: torch.Tensor | None = None) -> TokenScore:
+    """`token`'s score from log-probabilities over `ids` (default: the whole vocabulary),
+    with the `n` likeliest."""
+    ids = torch.arange(len(logprobs)) if ids is None else ids
+    top, at = logprobs.topk(min(n, len(logprobs)))
+    chosen = int((ids == token).nonzero()[0, 0])
+    return TokenScore(token, float(logprobs[chosen]),
+                      [(int(ids[i]), float(lp)) for lp, i in zip(top, at, strict=True)])
+
+
 @dataclass(eq=False)
 class Sequence:
     """One reply being generated: its prompt, its sampling settings and its state.
@@ -51,6 +87,7 @@ class Sequence:
     stop: tuple[str, ...] = ()
     emit: Callable[[Chunk], None] = lambda chunk: None
     avoid: str = ""  # an opening sentence not to repeat: chat_format.opening_to_avoid
+    top_logprobs: int | None = None  # alternatives to score per token; None: no scores
     tokens: list[int] = field(default_factory=list)  # every token chosen: topic and end too
     finish: str | None = None  # "stop" or "length" once finished, "error" if decoding failed
     cancelled: bool = False  # set by anyone; the sequence leaves at the next step
@@ -66,6 +103,7 @@ class Sequence:
     tries: int = 0
     seen: str = ""  # the text when the opening was last looked for
     first_logits: torch.Tensor | None = None  # after the prompt, to draw the reply again
+    unsent: list[TokenScore] = field(default_factory=list)  # scores of tokens not yet shown
 
 
 class BatchDecoder:
@@ -126,6 +164,8 @@ class BatchDecoder:
         """One token for `seq`, by generate.stream's rules, and what Guppy.stream yields
         for it (plus the handling of stop strings)."""
         tok, logits = self.tok, seq.logits
+        # the model's distribution, before the rules below mask any of it (a new tensor)
+        logprobs = None if seq.top_logprobs is None else torch.log_softmax(logits.float(), -1)
         token = choose_topic(logits, self.topic_ids, seq.cfg, seq.generator) \
             if not seq.tokens else None
         if token is None:
@@ -138,8 +178,13 @@ class BatchDecoder:
         if token in (tok.user_id, tok.assistant_id):
             return self._finish(seq, "length")  # it began another turn: not a proper end
         if token in tok.topics:
-            chunks.append(Chunk(topic=tok.topics[token]))
+            among = None if logprobs is None else score(
+                torch.log_softmax(logprobs[self.topic_ids], -1), token, seq.top_logprobs,
+                self.topic_ids)
+            chunks.append(self._chunk(seq, topic=tok.topics[token], topic_score=among))
         else:
+            if logprobs is not None:
+                seq.unsent.append(score(logprobs, token, seq.top_logprobs))
             seq.reply.append(token)
             text = tok.decode(seq.reply)
             cut = _first_stop(text, seq.stop)
@@ -147,7 +192,7 @@ class BatchDecoder:
                 return self._finish(seq, "stop", text[:cut])
             safe = text[:len(text) - _stop_prefix(text, seq.stop)]
             if len(safe) > len(seq.shown) and not safe.endswith("\ufffd"):  # whole characters
-                chunks.append(Chunk(text=safe[len(seq.shown):]))
+                chunks.append(self._chunk(seq, text=safe[len(seq.shown):]))
                 seq.shown = safe
         if len(seq.tokens) == seq.limit:
             if seq.held is not None:  # the finish decides the opening: hold these too
@@ -160,12 +205,21 @@ class BatchDecoder:
         """The last chunk: the text not sent yet (all of the reply's, as Guppy.stream
         ends, unless `text` says where it ends)."""
         text = self.tok.decode(seq.reply) if text is None else text
-        chunks = self._opening(seq, [Chunk(text=text[len(seq.shown):], finish=finish)], text,
-                               finished=True)
+        last = self._chunk(seq, text=text[len(seq.shown):], finish=finish)
+        chunks = self._opening(seq, [last], text, finished=True)
         if seq.tokens:  # not drawn again: finished
             seq.finish = finish
             seq.caches, seq.logits = [], None  # free the memory now
         return chunks
+
+    @staticmethod
+    def _chunk(seq: Sequence, topic_score: TokenScore | None = None, **fields) -> Chunk:
+        """A Chunk; for a sequence that asked for scores, a ScoredChunk that carries the
+        scores of the tokens not sent yet."""
+        if seq.top_logprobs is None:
+            return Chunk(**fields)
+        scores, seq.unsent = seq.unsent, []
+        return ScoredChunk(**fields, scores=scores, topic_score=topic_score)
 
     def _opening(self, seq: Sequence, chunks: list[Chunk], text: str,
                  finished: bool) -> list[Chunk]:
@@ -191,7 +245,7 @@ class BatchDecoder:
         n = len(seq.prompt)
         for cache in seq.caches:
             cache["k"], cache["v"] = cache["k"][:, :, :n], cache["v"][:, :, :n]
-        seq.tokens, seq.reply, seq.shown, seq.seen = [], [], "", ""
+        seq.tokens, seq.reply, seq.shown, seq.seen, seq.unsent = [], [], "", "", []
         seq.logits = seq.first_logits.clone()
         seq.held = [] if seq.tries < OPENING_TRIES - 1 else None
 

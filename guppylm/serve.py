@@ -4,7 +4,8 @@
 
 Any client of the OpenAI Chat Completions protocol talks to it (`base_url=".../v1"`):
 
-    POST /v1/chat/completions   messages, temperature, top_p, max_tokens, seed, stop, stream
+    POST /v1/chat/completions   messages, temperature, top_p, max_tokens, seed, stop, stream,
+                                logprobs, top_logprobs
     GET  /v1/models             the one model (the run folder's name)
     GET  /health                status and how many requests are in flight
     GET  /                      the chat page (guppylm/static/index.html)
@@ -12,6 +13,12 @@ Any client of the OpenAI Chat Completions protocol talks to it (`base_url=".../v
 The topic the model named before replying goes out beside the reply, as reasoning servers
 send their thinking: `"topic": "food"` on the message (or on a streamed delta), which plain
 clients ignore.
+
+Asked for `"logprobs": true` (and `"top_logprobs": N`, 0 to 20), a reply also says how sure
+the model was of each token, in OpenAI's shape: `choices[0].logprobs.content`, a list of
+`{token, logprob, bytes, top_logprobs}`, on the completion or on each streamed chunk; and,
+beside the topic, `"topic_logprobs"`: the topic's log-probability among the topics and the
+likeliest topics. Without them, nothing of this is sent.
 
 This file is the HTTP layer only: it validates a request, turns its history into prompt ids
 with `Guppy.prompt_ids` (the trimming `guppy chat` does), and submits a `Sequence` to the
@@ -35,16 +42,25 @@ from typing import Any
 
 from guppylm.chat import Chunk, Guppy
 from guppylm.chat_format import opening_to_avoid
-from guppylm.decode import DecodeLoop, Full, Sequence, sampling_for
+from guppylm.decode import DecodeLoop, Full, ScoredChunk, Sequence, TokenScore, sampling_for
 from guppylm.errors import GuppyError
 from guppylm.pages import chat_page
+from guppylm.probe import token_bytes
+from guppylm.tokenizer import Tokenizer
 
 try:
     import uvicorn
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-    from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+    from pydantic import (
+        BaseModel,
+        ConfigDict,
+        Field,
+        ValidationError,
+        ValidationInfo,
+        field_validator,
+    )
     from starlette.exceptions import HTTPException
 except ImportError as e:  # an optional extra
     raise GuppyError(f"guppy serve needs FastAPI and uvicorn ({e.name} is missing); install "
@@ -53,6 +69,7 @@ except ImportError as e:  # an optional extra
 MAX_BODY_BYTES = 1_000_000  # a request body above this is refused (a long history fits easily)
 MAX_STOP = 4  # stop strings per request, as OpenAI allows
 MIN_TEMPERATURE = 1e-4  # logits divided by less could overflow: 0 means greedy instead
+MAX_TOP_LOGPROBS = 20  # as OpenAI allows
 
 
 # ----------------------------------------------------------------------------- errors
@@ -82,7 +99,8 @@ _KINDS = {"float_type": "a number", "int_type": "an integer", "int_from_float": 
 _RANGES = {"temperature": "a number from 0 to 2 (0: always the likeliest word)",
            "top_p": "a number above 0 and at most 1", "top_k": "an integer, 0 (no limit) or more",
            "max_tokens": "an integer, 1 or more", "max_completion_tokens": "an integer, 1 or more",
-           "seed": f"an integer from {-2**63} to {2**64 - 1}"}
+           "seed": f"an integer from {-2**63} to {2**64 - 1}",
+           "top_logprobs": f"an integer from 0 to {MAX_TOP_LOGPROBS}"}
 
 
 def _json_type(value: Any) -> str:
@@ -190,6 +208,7 @@ class ChatRequest(BaseModel):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     tools: Any = None
 
     @field_validator("n")
@@ -220,12 +239,12 @@ class ChatRequest(BaseModel):
             raise ValueError(f"{len(stops)} stop strings; send at most {MAX_STOP}")
         return tuple(stops)
 
-    @field_validator("logprobs")
+    @field_validator("top_logprobs")
     @classmethod
-    def _no_logprobs(cls, logprobs: bool | None) -> bool | None:
-        if logprobs:
-            raise ValueError("not supported by this server; leave it out")
-        return logprobs
+    def _only_with_logprobs(cls, top: int | None, info: ValidationInfo) -> int | None:
+        if top is not None and not info.data.get("logprobs"):
+            raise ValueError('needs "logprobs": true as well (as OpenAI asks)')
+        return top
 
     @field_validator("tools", mode="before")
     @classmethod
@@ -374,6 +393,7 @@ def create_app(guppy: Guppy, model_id: str = "guppy", *, max_batch: int = 32,
         ids = await asyncio.to_thread(guppy.prompt_ids, messages, cfg.max_new_tokens)
         chunks: asyncio.Queue[Chunk] = asyncio.Queue()
         seq = Sequence(ids, cfg, stop=req.stop, avoid=opening_to_avoid(conversation),
+                       top_logprobs=(req.top_logprobs or 0) if req.logprobs else None,
                        emit=lambda chunk: mailbox.post(chunks, chunk))
         try:
             decoding.submit(seq)
@@ -382,7 +402,7 @@ def create_app(guppy: Guppy, model_id: str = "guppy", *, max_batch: int = 32,
                            f"{max_batch + max_waiting} requests at a time and has that many; "
                            "try again in a moment", type="rate_limit_error",
                            code="rate_limit_exceeded") from None
-        reply = _Reply(model_id, len(ids))
+        reply = _Reply(model_id, len(ids), guppy.tok if req.logprobs else None)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(
@@ -421,24 +441,51 @@ class _Mailbox:
 
 
 class _Reply:
-    """What a reply's response objects share: id, time, model, and the token counts."""
+    """What a reply's response objects share: id, time, model, the token counts, and the
+    tokenizer that names scored tokens (None: the request asked for no logprobs)."""
 
-    def __init__(self, model_id: str, prompt_tokens: int):
+    def __init__(self, model_id: str, prompt_tokens: int, tok: Tokenizer | None = None):
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.model = model_id
         self.prompt_tokens = prompt_tokens
+        self.tok = tok
 
     def usage(self, seq: Sequence) -> dict:
         n = len(seq.tokens)  # every token generated: the topic and <|end|> included
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": n,
                 "total_tokens": self.prompt_tokens + n}
 
-    def chunk(self, delta: dict, finish: str | None = None, **extra) -> str:
+    def chunk(self, delta: dict, finish: str | None = None, logprobs: dict | None = None,
+              **extra) -> str:
         obj = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-               "model": self.model, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+               "model": self.model, "choices": [{"index": 0, "delta": delta,
+                                                 "logprobs": logprobs,
                                                  "finish_reason": finish}], **extra}
         return _sse(obj)
+
+    def logprobs(self, scores: list[TokenScore]) -> dict | None:
+        """A choice's `logprobs` in OpenAI's shape, or None when they were not asked for."""
+        if self.tok is None:
+            return None
+        content = [{**self._token(s.id, s.logprob),
+                    "top_logprobs": [self._token(i, lp) for i, lp in s.top]} for s in scores]
+        return {"content": content, "refusal": None}
+
+    def _token(self, token_id: int, logprob: float) -> dict:
+        raw = token_bytes(self.tok, token_id)
+        return {"token": raw.decode("utf-8", errors="replace"), "logprob": max(logprob, -9999.0),
+                "bytes": list(raw)}
+
+    def topic_logprobs(self, topic: TokenScore | None) -> dict:
+        """`{"topic_logprobs": ...}` to put beside the topic: its log-probability among the
+        topics and the likeliest topics; empty when not asked for."""
+        if self.tok is None or topic is None:
+            return {}
+        names = self.tok.topics
+        return {"topic_logprobs": {
+            "topic": names[topic.id], "logprob": topic.logprob,
+            "top_logprobs": [{"topic": names[i], "logprob": lp} for i, lp in topic.top]}}
 
 
 def _sse(obj: dict | str) -> str:
@@ -451,13 +498,16 @@ async def _complete(reply: _Reply, seq: Sequence, chunks: asyncio.Queue,
                     decoding: DecodeLoop, request: Request) -> JSONResponse:
     """The whole reply as one chat.completion; generation stops if the client leaves."""
 
-    async def collect() -> tuple[str, str | None, str]:
-        text, topic = "", None
+    async def collect() -> tuple[str, str | None, str, list[TokenScore], TokenScore | None]:
+        text, topic, scores, topic_score = "", None, [], None
         while True:
             chunk = await chunks.get()
             text, topic = text + chunk.text, chunk.topic or topic
+            if isinstance(chunk, ScoredChunk):
+                scores += chunk.scores
+                topic_score = chunk.topic_score or topic_score
             if chunk.finish:
-                return text, topic, chunk.finish
+                return text, topic, chunk.finish, scores, topic_score
 
     async def client_left() -> None:
         while (await request.receive())["type"] != "http.disconnect":
@@ -473,16 +523,17 @@ async def _complete(reply: _Reply, seq: Sequence, chunks: asyncio.Queue,
             decoding.cancel(seq)
     if not collecting.done() or collecting.cancelled():
         return JSONResponse({}, status_code=499)  # nobody is listening any more
-    text, topic, finish = collecting.result()
+    text, topic, finish, scores, topic_score = collecting.result()
     if finish == "error":
         raise APIError(500, "generation failed; the server's log says more", type="server_error")
     message = {"role": "assistant", "content": text}
     if topic:
-        message["topic"] = topic
+        message.update(topic=topic, **reply.topic_logprobs(topic_score))
     return JSONResponse({
         "id": reply.id, "object": "chat.completion", "created": reply.created,
         "model": reply.model,
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "choices": [{"index": 0, "message": message, "logprobs": reply.logprobs(scores),
+                     "finish_reason": finish}],
         "usage": reply.usage(seq)})
 
 
@@ -498,14 +549,19 @@ async def _events(reply: _Reply, seq: Sequence, chunks: asyncio.Queue, decoding:
             waiting = [await chunks.get()]
             while not chunks.empty():
                 waiting.append(chunks.get_nowait())
-            events, text, finish = [], "", None
+            events, text, scores, finish = [], "", [], None
             for chunk in waiting:
+                scored = isinstance(chunk, ScoredChunk)
                 if chunk.topic:
-                    events.append(reply.chunk({"topic": chunk.topic}, **extra))
+                    topic_score = chunk.topic_score if scored else None
+                    events.append(reply.chunk({"topic": chunk.topic,
+                                               **reply.topic_logprobs(topic_score)}, **extra))
                 text += chunk.text
+                scores += chunk.scores if scored else []
                 finish = chunk.finish or finish
-            if text:
-                events.append(reply.chunk({"content": text}, **extra))
+            if text or scores:
+                events.append(reply.chunk({"content": text}, logprobs=reply.logprobs(scores),
+                                          **extra))
             if finish == "error":
                 events.append(_sse({"error": {"message": "generation failed; the server's "
                                               "log says more", "type": "server_error",

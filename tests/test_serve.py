@@ -7,6 +7,7 @@ port, and are driven by the official `openai` client, raw HTTP, and headless Chr
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -32,9 +33,16 @@ from guppylm.chat import (
     OPENING_TRIES,
     Guppy,  # noqa: E402
 )
-from guppylm.chat_format import opening_to_avoid
-from guppylm.decode import BatchDecoder, Sequence, forward_step, sampling_for  # noqa: E402
+from guppylm.chat_format import first_sentence, opening_to_avoid
+from guppylm.decode import (  # noqa: E402
+    BatchDecoder,
+    ScoredChunk,
+    Sequence,
+    forward_step,
+    sampling_for,
+)
 from guppylm.generate import stream  # noqa: E402
+from guppylm.probe import ProbeConfig, inspect_prompt  # noqa: E402
 from guppylm.serve import _fitting_tail, create_app  # noqa: E402
 
 from conftest import train_tiny_run  # noqa: E402
@@ -127,9 +135,9 @@ def client(url) -> OpenAI:
 
 # ----------------------------------------------------------------------------- decoding
 
-def test_batched_decoding_gives_the_chunks_of_guppy_stream_alone(guppy):
-    """Requests of every kind decoded together, joining at different steps, give exactly
-    what `Guppy.stream` gives for each alone: the same tokens, the same chunks."""
+def mixed_requests() -> list[tuple[list[dict], dict]]:
+    """(messages, sampling overrides) of every kind: greedy and sampled, short and long
+    limits, and histories whose replies this tiny model often repeats (drawn again)."""
     prompts = ["are you hungry?", "hi", "how is the water?", "tell me more", "HELLO there!!",
                "what do you eat?", "is your tank clean?", "so, dinner time?"]
     requests = []
@@ -142,6 +150,12 @@ def test_batched_decoding_gives_the_chunks_of_guppy_stream_alone(guppy):
                 {"role": "assistant", "content": ("i eat.", "i water.", "the water.")[i % 3]},
                 {"role": "user", "content": prompts[i % 4]}]
         requests.append((said, dict(seed=100 + i, temperature=0.7, max_new_tokens=30)))
+    return requests
+
+
+def decode_together(guppy, requests, top_logprobs=lambda i: None):
+    """Decode `requests` in one BatchDecoder, joining at seeded random steps; return each
+    one's Sequence and chunks. `top_logprobs(i)`: what request i asks for."""
     decoder = BatchDecoder(guppy.model, guppy.tok)
     got: dict[int, list] = {}
     seqs = []
@@ -149,7 +163,8 @@ def test_batched_decoding_gives_the_chunks_of_guppy_stream_alone(guppy):
         cfg = sampling_for(guppy.sampling, **overrides)
         got[i] = []
         seqs.append(Sequence(guppy.prompt_ids(messages, cfg.max_new_tokens), cfg,
-                             avoid=opening_to_avoid(messages), emit=got[i].append))
+                             avoid=opening_to_avoid(messages), emit=got[i].append,
+                             top_logprobs=top_logprobs(i)))
     pending, rng = list(seqs), random.Random(0)
     while pending or decoder.active:
         for _ in range(rng.randint(0, 3)):  # new sequences join between steps
@@ -157,6 +172,14 @@ def test_batched_decoding_gives_the_chunks_of_guppy_stream_alone(guppy):
                 decoder.add(pending.pop(0))
         for seq, chunk in decoder.step():
             seq.emit(chunk)
+    return seqs, got
+
+
+def test_batched_decoding_gives_the_chunks_of_guppy_stream_alone(guppy):
+    """Requests of every kind decoded together, joining at different steps, give exactly
+    what `Guppy.stream` gives for each alone: the same tokens, the same chunks."""
+    requests = mixed_requests()
+    seqs, got = decode_together(guppy, requests)
     for i, (messages, overrides) in enumerate(requests):
         assert got[i] == list(guppy.stream(messages, **overrides)), overrides
         cfg = sampling_for(guppy.sampling, **overrides)
@@ -165,6 +188,45 @@ def test_batched_decoding_gives_the_chunks_of_guppy_stream_alone(guppy):
                                 topic_ids=tuple(guppy.tok.topics)))
             assert seqs[i].tokens == alone[:len(seqs[i].tokens)]
     assert {seq.finish for seq in seqs} == {"stop", "length"}
+
+
+def test_asking_for_probabilities_changes_no_token(guppy):
+    """The same requests decoded with scores asked (by every other one, the rest plain)
+    give the same tokens, bit for bit, and the same chunks, plus one score per reply token."""
+    requests = mixed_requests()
+    plain_seqs, plain = decode_together(guppy, requests)
+    seqs, scored = decode_together(guppy, requests, lambda i: (5, None, 0)[i % 3])
+    for i, seq in enumerate(seqs):
+        assert seq.tokens == plain_seqs[i].tokens
+        assert [(c.text, c.topic, c.finish) for c in scored[i]] == \
+            [(c.text, c.topic, c.finish) for c in plain[i]]
+        if seq.top_logprobs is None:
+            assert all(type(c) is not ScoredChunk for c in scored[i])
+            continue
+        assert all(type(c) is ScoredChunk for c in scored[i])
+        scores = [s for c in scored[i] for s in c.scores]
+        assert [s.id for s in scores] == seq.reply  # of the try that was kept
+        assert all(len(s.top) == seq.top_logprobs for s in scores)
+        topic_scores = [c.topic_score for c in scored[i] if c.topic]
+        assert all(t is not None and t.id in guppy.tok.topics for t in topic_scores)
+    # a reply drawn again (it opened as the last did): the dropped try's scores go with it
+    for seed in range(3):
+        opening = first_sentence(guppy.respond(USER, seed=seed, max_new_tokens=30).text)
+        cfg = sampling_for(guppy.sampling, seed=seed, max_new_tokens=30)
+        runs = []
+        for top in (None, 5):
+            chunks: list = []
+            seq = Sequence(guppy.prompt_ids(USER, 30), cfg, avoid=opening, top_logprobs=top,
+                           emit=chunks.append)
+            decoder = BatchDecoder(guppy.model, guppy.tok)
+            decoder.add(seq)
+            while decoder.active:
+                for s, chunk in decoder.step():
+                    s.emit(chunk)
+            runs.append((seq, chunks))
+        (plain_seq, _), (seq, chunks) = runs
+        assert seq.tries > 1 and seq.tokens == plain_seq.tokens
+        assert [s.id for c in chunks for s in c.scores] == seq.reply
 
 
 def test_a_restored_topic_is_the_one_the_model_chose(guppy):
@@ -289,6 +351,72 @@ def test_a_streamed_completion(client, guppy, url):
         events = [line for line in r.iter_lines() if line]
     assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
     assert all(json.loads(e[6:])["object"] == "chat.completion.chunk" for e in events[:-1])
+
+
+def test_logprobs_in_openais_shape_only_when_asked(client, guppy):
+    """`logprobs=True, top_logprobs=5`: each reply token with its log-probability and the 5
+    likeliest, in OpenAI's shape; the topic's distribution beside the topic. The same
+    probabilities `guppy inspect` measures, and the same reply as without them."""
+    asked = dict(model="tiny", messages=USER, max_tokens=60, temperature=0)
+    r = client.chat.completions.create(**asked, logprobs=True, top_logprobs=5)
+    plain = client.chat.completions.create(**asked)
+    message = r.choices[0].message
+    assert message.content == plain.choices[0].message.content
+    assert plain.choices[0].logprobs is None  # nothing new for a plain client
+    assert set(plain.choices[0].message.model_extra) == {"topic"}
+    entries = r.choices[0].logprobs.content
+    assert b"".join(bytes(e.bytes) for e in entries).decode() == message.content
+    for e in entries:
+        top = [t.logprob for t in e.top_logprobs]
+        assert len(top) == 5 and top == sorted(top, reverse=True)
+        assert (e.token, e.logprob) == (e.top_logprobs[0].token, top[0])  # greedy
+        assert all(t.token == bytes(t.bytes).decode("utf-8", "replace") for t in e.top_logprobs)
+    seen = inspect_prompt(guppy.model, guppy.tok, ProbeConfig(USER[0]["content"],
+                                                              max_new_tokens=60))
+    words = [s for s in seen.steps if not s.chosen.token.special]
+    assert [s.chosen.token.piece for s in words] == [e.token for e in entries]
+    assert [math.exp(e.logprob) for e in entries] == pytest.approx(
+        [s.chosen.prob for s in words], rel=1e-4)
+    topics = message.model_extra["topic_logprobs"]
+    assert topics["topic"] == message.model_extra["topic"] == seen.chosen_topic
+    ranked = topics["top_logprobs"]  # the tiny persona has 3 topics: all of them
+    assert [t["topic"] for t in ranked] == [name for name, _ in seen.topic.ranked]
+    assert [math.exp(t["logprob"]) for t in ranked] == pytest.approx(
+        [p for _, p in seen.topic.ranked], rel=1e-4)
+    # sampled: the same reply as without, and the chosen token's score agrees with the top
+    sampled = dict(model="tiny", messages=USER, max_tokens=40, temperature=1.4, seed=3)
+    r = client.chat.completions.create(**sampled, logprobs=True, top_logprobs=3)
+    assert r.choices[0].message.content == \
+        client.chat.completions.create(**sampled).choices[0].message.content
+    for e in r.choices[0].logprobs.content:
+        top = {t.token: t.logprob for t in e.top_logprobs}
+        assert e.logprob <= max(top.values()) + 1e-6
+        assert (e.token in top) == (e.logprob >= min(top.values()) - 1e-6)
+        assert e.token not in top or top[e.token] == pytest.approx(e.logprob, abs=1e-6)
+    r = client.chat.completions.create(**sampled, logprobs=True)  # top_logprobs: 0
+    assert r.choices[0].logprobs.content and \
+        all(e.top_logprobs == [] for e in r.choices[0].logprobs.content)
+
+
+def test_streamed_logprobs_ride_on_their_chunks(client):
+    asked = dict(model="tiny", messages=USER, max_tokens=60, seed=5, stream=True)
+    whole = client.chat.completions.create(**{**asked, "stream": False}, logprobs=True,
+                                           top_logprobs=4)
+    chunks = list(client.chat.completions.create(**asked, logprobs=True, top_logprobs=4))
+    choices = [c.choices[0] for c in chunks]
+    entries = [e for c in choices if c.logprobs for e in c.logprobs.content]
+    assert [e.model_dump() for e in entries] == \
+        [e.model_dump() for e in whole.choices[0].logprobs.content]
+    for c in choices:  # each chunk's entries spell its text
+        if c.logprobs:
+            assert b"".join(bytes(e.bytes) for e in c.logprobs.content).decode() == \
+                c.delta.content
+    topics = [c.delta.model_extra["topic_logprobs"] for c in choices
+              if c.delta.model_extra.get("topic")]
+    assert topics == [whole.choices[0].message.model_extra["topic_logprobs"]]
+    plain = list(client.chat.completions.create(**asked))
+    assert all(c.choices[0].logprobs is None for c in plain if c.choices)
+    assert not any("topic_logprobs" in c.choices[0].delta.model_extra for c in plain)
 
 
 def test_streaming_is_off_unless_asked(url):
@@ -432,7 +560,12 @@ BAD = [
     ({"stream": True, "stream_options": {"include_usage": "yes"}},
      "stream_options.include_usage"),
     ({"model": 5}, "model"),
-    ({"logprobs": True}, "logprobs"),
+    ({"logprobs": "yes"}, "logprobs"),
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ({"logprobs": True, "top_logprobs": -1}, "top_logprobs"),
+    ({"logprobs": True, "top_logprobs": 2.5}, "top_logprobs"),
+    ({"top_logprobs": 3}, "top_logprobs"),
+    ({"logprobs": False, "top_logprobs": 3}, "top_logprobs"),
     ({"tools": [{"type": "function", "function": {"name": "swim"}}]}, "tools"),
 ]
 
@@ -603,5 +736,71 @@ def test_the_chat_page_in_a_real_browser(guppy, tmp_path):
             page.wait_for_function("document.body.dataset.state === 'idle'")
             page.screenshot(path=str(tmp_path / "chat.png"))
             assert problems == [] and outside == []
+        finally:
+            browser.close()
+
+
+def test_the_page_shows_the_models_thinking(guppy, tmp_path):
+    """With the toggle on, the page asks for logprobs, shades each token of the reply, and
+    hovering (or tapping, on a phone) a token shows its alternatives and the topics."""
+    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} missing: .ci/run installs it (apt-get install chromium)")
+        pytest.skip(f"{CHROMIUM} missing; install it with `apt-get install chromium`")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with serving(create_app(guppy, "tiny")) as base, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            for width, touch in ((1000, False), (390, True)):
+                page = browser.new_page(viewport={"width": width, "height": 760},
+                                        has_touch=touch, is_mobile=touch)
+                page.set_default_timeout(20_000)
+                problems: list[str] = []
+                page.on("pageerror", lambda e, problems=problems: problems.append(str(e)))
+                page.goto(base + "/")
+                assert not page.locator(".legend").is_visible()
+                with page.expect_request("**/v1/chat/completions") as request:
+                    page.fill("#input", "hi")
+                    page.press("#input", "Enter")
+                assert "logprobs" not in request.value.post_data_json  # off: a plain request
+                page.wait_for_function("document.body.dataset.state === 'idle'")
+                assert page.locator(".tok").count() == 0
+                page.check("#show-thinking")
+                assert page.locator(".legend").is_visible()
+                with page.expect_request("**/v1/chat/completions") as request:
+                    page.fill("#input", "are you hungry?")
+                    page.press("#input", "Enter")
+                sent = request.value.post_data_json
+                assert sent["logprobs"] is True and sent["top_logprobs"] == 5
+                page.wait_for_function("document.body.dataset.state === 'idle'")
+                bubble = page.locator(".fish .bubble").last
+                tokens = bubble.locator(".tok")
+                assert tokens.count() >= 2
+                assert "".join(tokens.all_text_contents()) == bubble.text_content()
+                shades = {tokens.nth(i).evaluate("t => getComputedStyle(t).backgroundColor")
+                          for i in range(tokens.count())}
+                assert all(s.startswith("rgba(255, 127, 14") for s in shades), shades
+                assert len(shades) > 1  # shaded by probability, not all alike
+                tip = page.locator("#tip")
+                assert not tip.is_visible()
+                if touch:
+                    tokens.nth(1).tap()
+                else:
+                    tokens.nth(1).hover()
+                assert tip.is_visible()
+                alternatives, topics = tip.locator("ol").nth(0), tip.locator("ol").nth(1)
+                assert alternatives.locator("li").count() == 5
+                assert alternatives.locator("li.chosen").count() <= 1
+                names = topics.locator("li span:first-child").all_text_contents()
+                assert sorted(names) == sorted(guppy.tok.topics.values())
+                assert "%" in tip.text_content()
+                page.screenshot(path=str(tmp_path / f"thinking-{width}.png"))
+                if touch:
+                    page.locator("header").tap()  # a tap elsewhere closes it
+                else:
+                    page.mouse.move(5, 5)
+                assert not tip.is_visible()
+                assert problems == []
+                page.close()
         finally:
             browser.close()
