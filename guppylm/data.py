@@ -10,7 +10,9 @@ Three ideas keep the data varied and the evaluation honest:
 3. Splits are held out by *phrasing*: each topic's prompt templates (and the follow-up
    questions) are divided between train, val and test, and a val/test conversation whose
    prompt (or any (prompt, reply) pair) also occurs in train is drawn again. Test loss
-   then measures generalisation to new phrasings, not recall of seen ones.
+   then measures generalisation to new phrasings, not recall of seen ones. A topic that
+   answers a phrasebook intent holds out the intent's phrasings as the phrasebook divides
+   them (the same ones for every persona) and its own as its own.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import bisect
 import json
 import random
+import tomllib
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -73,6 +76,29 @@ def split_phrasings(prompts: list[tuple], key: str, seed: int,
     return {split: [prompts[i] for i in sorted(idx)] for split, idx in picked.items()}
 
 
+def split_topic(topic: Topic, seed: int, val: float, test: float,
+                subjects: bool = False) -> dict[str, list[tuple]]:
+    """A topic's prompt templates (or subjects) by split.
+
+    Each phrasebook intent's are divided by the intent's name, so the phrasings a persona
+    holds out from an intent are the same for every persona; the topic's own by its name.
+    A topic that answers an intent may add fewer than 3 phrasings of its own: those are
+    only trained on, since the intent's held-out phrasings already test the topic.
+    """
+    suffix = ":subjects" if subjects else ""
+    groups = [(f"intent:{i.name}{suffix}", i.subjects if subjects else i.prompts)
+              for i in topic.intents]
+    groups.append((f"{topic.name}{suffix}", topic.subjects if subjects else topic.prompts))
+    result: dict[str, list[tuple]] = {split: [] for split in SPLITS}
+    for key, templates in groups:
+        if topic.intents and len(templates) < 3:
+            result["train"] += templates
+            continue
+        for split, part in split_phrasings(templates, key, seed, val, test).items():
+            result[split] += part
+    return result
+
+
 class Composer:
     """Composes conversations for one persona; all randomness comes from one seeded rng."""
 
@@ -80,13 +106,13 @@ class Composer:
         self.persona, self.cfg = persona, cfg
         self.rng = random.Random(cfg.seed)
         shares = {"seed": cfg.seed, "val": cfg.val_phrasings, "test": cfg.test_phrasings}
-        self.phrasings = {t.name: split_phrasings(t.prompts, t.name, **shares)
-                          for t in persona.topics}
+        self.phrasings = {t.name: split_topic(t, **shares) for t in persona.topics}
         self.followups = split_phrasings(persona.followups, "followups", **shares)
-        self.subjects = {t.name: split_phrasings(t.subjects, f"{t.name}:subjects", **shares)
-                         for t in persona.topics if t.subjects}
-        # the pools an `about` frame expands with: the persona's, plus this split's subjects
-        self.about_pools = {(name, split): {**persona.pools, SUBJECT: subjects}
+        subjects = {t.name: split_topic(t, **shares, subjects=True) for t in persona.topics}
+        self.subjects = {name: by_split for name, by_split in subjects.items()
+                         if all(by_split.values())}  # topics with subjects to hold out
+        # the pools an `about` frame expands with: the prompts', plus this split's subjects
+        self.about_pools = {(name, split): {**persona.prompt_pools, SUBJECT: subjects}
                             for name, by_split in self.subjects.items()
                             for split, subjects in by_split.items()}
         total, self.cumulative = 0.0, []
@@ -103,6 +129,7 @@ class Composer:
                 return topic
 
     def expand(self, templates: list[tuple], pools: dict | None = None) -> str:
+        """One of `templates`, expanded with `pools` (by default the replies' pools)."""
         nodes = templates[int(self.rng.random() * len(templates))]
         return template.expand(nodes, pools or self.persona.pools, self.rng)
 
@@ -114,7 +141,8 @@ class Composer:
                 previous = exchanges[-1][1]
                 follow = topic.more and self.persona.followups
                 if follow and self.rng.random() < self.cfg.followup_share:
-                    user = self.styled(self.expand(self.followups[split]))
+                    asks = self.expand(self.followups[split], self.persona.prompt_pools)
+                    user = self.styled(asks)
                     exchanges.append((user, self.fresh(topic.more, previous), topic.name))
                 else:
                     topic = self.pick_topic(other_than=topic)
@@ -137,7 +165,8 @@ class Composer:
             # "what about {subject}?": many short prompts whose only clue is the topic's word
             return self.styled(self.expand(self.persona.about,
                                            self.about_pools[topic.name, split]))
-        return self.styled(self.expand(self.phrasings[topic.name][split]))
+        return self.styled(self.expand(self.phrasings[topic.name][split],
+                                       self.persona.prompt_pools))
 
     def styled(self, text: str) -> str:
         """Dress a phrasing the way people type: names, openers, punctuation, emoji, typos."""
@@ -210,7 +239,12 @@ def compose(persona: Persona, cfg: DataConfig) -> dict[str, list[dict]]:
     composer = Composer(persona, cfg)
     n_val = max(1, round(cfg.n * cfg.val_share))
     n_test = max(1, round(cfg.n * cfg.test_share))
-    train = [composer.conversation("train") for _ in range(cfg.n - n_val - n_test)]
+    unseen = persona_test_prompts(persona)
+    train: list[dict] = []
+    while len(train) < cfg.n - n_val - n_test:
+        conv = composer.conversation("train")
+        if not any(user in unseen for user, _ in turns(conv)):
+            train.append(conv)
     train_prompts = {user for conv in train for user, _ in turns(conv)}
     train_pairs = {pair for conv in train for pair in turns(conv)}
     splits = {"train": train}
@@ -231,6 +265,28 @@ def compose(persona: Persona, cfg: DataConfig) -> dict[str, list[dict]]:
     return splits
 
 
+def persona_test_path(persona: Persona) -> Path:
+    """`guppy.toml` -> `guppy.test.toml` beside it: the hand-written persona test."""
+    path = Path(persona.path)
+    return path.with_name(path.stem + ".test.toml")
+
+
+def persona_test_prompts(persona: Persona) -> set[str]:
+    """The single-turn prompts of the persona's hand-written test, as training would spell
+    them: training never holds one, so that the test asks only what it has not seen (a
+    phrasebook shared by many personas could otherwise say one by chance). The scripted
+    conversations' follow-ups ("why?") are everyday phrases and are not held out."""
+    path = persona_test_path(persona)
+    if not path.is_file():
+        return set()
+    try:
+        prompts = tomllib.loads(path.read_text(encoding="utf-8")).get("prompts", [])
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return set()  # `guppy eval` reports a broken test file with its own clear error
+    return {normalize_user_text(p["text"]) for p in prompts
+            if isinstance(p, dict) and isinstance(p.get("text"), str)}
+
+
 def write(splits: dict[str, list[dict]], persona: Persona, cfg: DataConfig, out: Path) -> None:
     """Write the splits, a copy of the persona and meta.json into `out`, all or nothing.
 
@@ -241,7 +297,7 @@ def write(splits: dict[str, list[dict]], persona: Persona, cfg: DataConfig, out:
     files = {f"{s}.jsonl": "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in splits[s])
              for s in SPLITS}
     files["persona.toml"] = persona.source
-    test = Path(persona.path).with_name(Path(persona.path).stem + ".test.toml")
+    test = persona_test_path(persona)
     if test.is_file():  # the hand-written persona test travels with the data, for `guppy eval`
         files["persona.test.toml"] = test.read_text(encoding="utf-8")
     meta = {"persona": persona.name, "persona_file": persona.path, "config": asdict(cfg),

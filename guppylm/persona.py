@@ -1,6 +1,6 @@
 """A persona: one TOML file that describes a character, loaded and checked.
 
-Layout of a persona file (see README.md, "Write your own persona"):
+Layout of a persona file (see README.md, "Write your own persona", and docs/personas.md):
 
     name = "Guppy"                  # the character's name
     description = "..."             # one line, for people
@@ -8,16 +8,25 @@ Layout of a persona file (see README.md, "Write your own persona"):
     [user]     names, openers, followups, preambles, emoji   # how people talk to it
                about = ["what about {subject}?", ...]  # frames for a topic's subjects
     [slots]    pool = ["...", ...]  # word pools that templates draw from with {pool}
-    [[topics]] name, prompts, replies, more, subjects, weight (all but the first three optional)
+    [[topics]] intent = "greeting", replies, more   # answers a phrasebook intent, or
+    [[topics]] name, prompts, replies, more, subjects, weight   # a topic of its own
+
+The phrasebook (guppylm/phrasebook/) holds the user's side of common intents: how people
+greet, say goodbye, offer food, ask for a joke. A topic that names an intent gets its
+phrasings and subjects; any `prompts` it gives are added to them. A persona that names an
+intent also gets the phrasebook's [user] lists and user-side word pools, with its own added,
+and phrasebook prompts call the character by its [user] names through the slot {name}.
 
 Every template is checked here, once, so that generation never meets a surprise: an
-unknown or recursive slot, an empty pool, a topic without prompts or replies, or a reply
-that could break the voice rules is reported with the file, the topic and the field.
+unknown or recursive slot, an empty pool, a topic without prompts or replies, an unknown
+intent, or a reply that could break the voice rules is reported with the file, the topic and
+the field.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -31,18 +40,35 @@ MIN_PROMPTS = 3  # a topic needs phrasings for train, and held-out ones for val 
 _TOP_KEYS = {"name", "description", "voice", "user", "slots", "topics"}
 _VOICE_KEYS = {"lowercase", "max_words"}
 _USER_KEYS = {"names", "openers", "followups", "preambles", "emoji", "about"}
-_TOPIC_KEYS = {"name", "prompts", "replies", "more", "subjects", "weight"}
+_TOPIC_KEYS = {"name", "intent", "prompts", "replies", "more", "subjects", "weight"}
+_USER_LISTS = ("openers", "followups", "preambles", "emoji", "about")  # shared by the phrasebook
+_INTENT_KEYS = {"means", "prompts", "subjects"}
 SUBJECT = "subject"  # the slot an `about` frame leaves for a topic's subjects
+NAME = "name"  # the slot phrasebook prompts call the character by: its [user] names
+
+
+@dataclass
+class Intent:
+    """What a user means ("greeting") and the many ways people say it, from the phrasebook."""
+    name: str
+    means: str  # one line: what the user means
+    prompts: list[tuple]
+    subjects: list[tuple]
 
 
 @dataclass
 class Topic:
     name: str
-    prompts: list[tuple]  # parsed templates; held-out phrasings are chosen among these
+    prompts: list[tuple]  # its own phrasings; held-out ones are chosen among these
     replies: list[tuple]
     more: list[tuple]  # answers to a follow-up ("why?", "tell me more"); may be empty
     subjects: list[tuple] = field(default_factory=list)  # words for it, for the `about` frames
     weight: float = 1.0
+    intents: list[Intent] = field(default_factory=list)  # the phrasebook intents it answers
+
+    def all_prompts(self) -> list[tuple]:
+        """Its own phrasings and those of every intent it answers."""
+        return self.prompts + [p for intent in self.intents for p in intent.prompts]
 
 
 @dataclass
@@ -59,14 +85,21 @@ class Persona:
     preambles: list[str]  # unrelated lead-ins ("long day today.") said before some prompts
     emoji: list[str]
     about: list[tuple]  # frames like "what about {subject}?", filled with a topic's subjects
-    pools: dict[str, list[tuple]]
+    pools: dict[str, list[tuple]]  # its [slots]: what replies draw from
     topics: list[Topic] = field(default_factory=list)
+    # what prompts draw from: its pools, and with the phrasebook, the phrasebook's and {name}
+    prompt_pools: dict[str, list[tuple]] = field(default_factory=dict)
+
+    def intents(self) -> dict[str, Topic]:
+        """Each phrasebook intent it answers -> the topic that answers it."""
+        return {intent.name: topic for topic in self.topics for intent in topic.intents}
 
 
 def builtin_personas() -> list[str]:
     """Names of the personas shipped inside the package."""
     folder = resources.files("guppylm") / "personas"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+    return sorted(p.name[:-5] for p in folder.iterdir()
+                  if p.name.endswith(".toml") and not p.name.endswith(".test.toml"))
 
 
 def resolve(name_or_path: str) -> Path:
@@ -84,16 +117,82 @@ def resolve(name_or_path: str) -> Path:
 def load(name_or_path: str) -> Persona:
     """Read, parse and check a persona; raise GuppyError naming the file, topic and field."""
     path = resolve(name_or_path)
-    where = str(path)
+    source, data = _read_toml(path)
+    return _build(data, str(path), source)
+
+
+def _read_toml(path: Path) -> tuple[str, dict]:
     try:
         source = path.read_text(encoding="utf-8")
-        data = tomllib.loads(source)
+        return source, tomllib.loads(source)
     except UnicodeDecodeError:
-        raise GuppyError(f"{where}: not UTF-8 text; save the file as UTF-8") from None
+        raise GuppyError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
     except tomllib.TOMLDecodeError as e:
-        raise GuppyError(f"{where}: malformed TOML ({e}); fix the syntax") from None
-    return _build(data, where, source)
+        raise GuppyError(f"{path}: malformed TOML ({e}); fix the syntax") from None
 
+
+# ----------------------------------------------------------------------------- the phrasebook
+
+@dataclass
+class Phrasebook:
+    """How people say common things, shared by every persona (guppylm/phrasebook/):
+    user.toml holds the [user] lists and the user-side [slots]; intents/NAME.toml one intent."""
+    folder: Path
+    user: dict[str, list[str]]  # openers, followups, preambles, emoji, about
+    pools: dict[str, list[tuple]]
+    intent_names: list[str]
+    parsed: dict[str, Intent] = field(default_factory=dict)
+
+    def intent(self, name: str) -> Intent:
+        """One intent, parsed on first use: a persona names a few dozen of them."""
+        if name not in self.parsed:
+            self.parsed[name] = _load_intent(self.folder / "intents" / f"{name}.toml", self.pools)
+        return self.parsed[name]
+
+    def pools_for(self, own: dict, names: list[str], where: str) -> dict[str, list[tuple]]:
+        """What a persona's prompts draw from: the phrasebook's pools, its own, and {name}."""
+        for pool in own:
+            if pool in self.pools or pool == NAME:
+                raise GuppyError(f"{where}: [slots] {pool}: the phrasebook uses this name "
+                                 f"(in {self.folder}); rename the pool")
+        if not names:
+            raise GuppyError(f"{where}: [user] names: none given, but phrasebook prompts call "
+                             f"the character by name ({{{NAME}}}); add names = [\"...\"]")
+        return {**self.pools, **own, NAME: [(template.Text(n),) for n in names]}
+
+
+@functools.cache
+def phrasebook() -> Phrasebook:
+    """The phrasebook shipped with the package, read once per process."""
+    folder = Path(str(resources.files("guppylm") / "phrasebook"))
+    where = str(folder / "user.toml")
+    data = _read_toml(folder / "user.toml")[1]
+    _no_unknown_keys(data, {"user", "slots"}, where)
+    user = _table(data, "user", where)
+    _no_unknown_keys(user, set(_USER_LISTS), f"{where}: [user]")
+    lists = {key: _strings(user, key, f"{where}: [user]") for key in _USER_LISTS}
+    names = sorted(p.name[:-5] for p in (folder / "intents").iterdir()
+                   if p.name.endswith(".toml"))
+    return Phrasebook(folder, lists, _parse_slots(_table(data, "slots", where), where), names)
+
+
+def _load_intent(path: Path, pools: dict) -> Intent:
+    where = str(path)
+    data = _read_toml(path)[1]
+    _no_unknown_keys(data, _INTENT_KEYS, where)
+    pools = {**pools, NAME: [(template.Text("you"),)]}
+    prompts = _strings(data, "prompts", where)
+    if len(prompts) < MIN_PROMPTS:
+        raise GuppyError(f"{where}: prompts: {len(prompts)} given, at least {MIN_PROMPTS} "
+                         "needed; add more")
+    return Intent(name=path.name[:-5], means=_string(data, "means", where),
+                  prompts=[_parse(t, pools, f"{where}: prompts[{j}]")
+                           for j, t in enumerate(prompts)],
+                  subjects=[_parse(t, pools, f"{where}: subjects[{j}]")
+                            for j, t in enumerate(_strings(data, "subjects", where))])
+
+
+# ----------------------------------------------------------------------------- checks
 
 def _build(data: dict, where: str, source: str) -> Persona:
     _no_unknown_keys(data, _TOP_KEYS, where)
@@ -115,7 +214,18 @@ def _build(data: dict, where: str, source: str) -> Persona:
                          "in [user] about; rename the pool")
     topics_raw = data.get("topics")
     if not isinstance(topics_raw, list) or not topics_raw:
-        raise GuppyError(f"{where}: no topics; add at least one [[topics]] table")
+        raise GuppyError(f"{where}: [[topics]]: no topics; the persona answers no phrasebook "
+                         "intent and has no topics of its own; add [[topics]] tables with "
+                         "intent = \"greeting\" and replies, or with a name, prompts and replies "
+                         "(`guppy persona new NAME` writes a starter)")
+    names = _strings(user, "names", f"{where}: [user]")
+    lists = {key: _strings(user, key, f"{where}: [user]") for key in _USER_LISTS}
+    prompt_pools = pools
+    if any(isinstance(t, dict) and "intent" in t for t in topics_raw):
+        book = phrasebook()
+        prompt_pools = book.pools_for(pools, names, where)
+        lists = {key: _merged(book.user[key], lists[key]) for key in _USER_LISTS}
+    at_user = f"{where}: [user]"
     persona = Persona(
         name=name,
         description=data.get("description", ""),
@@ -123,28 +233,43 @@ def _build(data: dict, where: str, source: str) -> Persona:
         source=source,
         lowercase=lowercase,
         max_words=max_words,
-        names=_strings(user, "names", f"{where}: [user]"),
-        openers=_strings(user, "openers", f"{where}: [user]"),
-        preambles=_strings(user, "preambles", f"{where}: [user]"),
-        emoji=_strings(user, "emoji", f"{where}: [user]"),
-        followups=[_parse(t, pools, f"{where}: [user] followups[{i}]")
-                   for i, t in enumerate(_strings(user, "followups", f"{where}: [user]"))],
-        about=_parse_about(user, pools, f"{where}: [user]"),
+        names=names,
+        openers=lists["openers"],
+        preambles=lists["preambles"],
+        emoji=lists["emoji"],
+        followups=[_parse(t, prompt_pools, f"{at_user} followups[{i}]")
+                   for i, t in enumerate(lists["followups"])],
+        about=_parse_about(lists["about"], prompt_pools, at_user),
         pools=pools,
+        prompt_pools=prompt_pools,
     )
     seen: set[str] = set()
+    lowercase_slots: set[str] = set()
     for i, raw in enumerate(topics_raw):
-        topic = _parse_topic(raw, i, pools, where)
+        topic = _parse_topic(raw, i, persona, where)
         if topic.name in seen:
             raise GuppyError(f"{where}: topic '{topic.name}': name used twice; rename one")
         seen.add(topic.name)
-        _check_voice(persona, topic, where)
-        if topic.subjects and not persona.about:
+        answered = persona.intents()
+        for intent in topic.intents:
+            if intent.name in answered:
+                raise GuppyError(f"{where}: topic '{topic.name}', intent: '{intent.name}' is "
+                                 f"already answered by topic '{answered[intent.name].name}'; "
+                                 "answer each intent in one topic (one topic may answer "
+                                 "several: intent = [\"a\", \"b\"])")
+            answered[intent.name] = topic
+        _check_voice(persona, topic, where, lowercase_slots)
+        if (topic.subjects or any(i.subjects for i in topic.intents)) and not persona.about:
             raise GuppyError(f"{where}: topic '{topic.name}', subjects: given, but [user] about "
                              "has no frames to put them in; add about = [\"what about "
                              "{subject}?\", ...]")
         persona.topics.append(topic)
     return persona
+
+
+def _merged(shared: list[str], own: list[str]) -> list[str]:
+    """The phrasebook's list, then the persona's own entries that it does not hold yet."""
+    return shared + [entry for entry in own if entry not in shared]
 
 
 def _parse_slots(slots: dict, where: str) -> dict[str, list[tuple]]:
@@ -165,9 +290,9 @@ def _parse_slots(slots: dict, where: str) -> dict[str, list[tuple]]:
     return pools
 
 
-def _parse_about(user: dict, pools: dict, at: str) -> list[tuple]:
+def _parse_about(texts: list[str], pools: dict, at: str) -> list[tuple]:
     frames = []
-    for i, text in enumerate(_strings(user, "about", at)):
+    for i, text in enumerate(texts):
         nodes = _parse(text, {**pools, SUBJECT: []}, f"{at} about[{i}]")
         if SUBJECT not in template.slots_used(nodes):
             raise GuppyError(f"{at} about[{i}]: no {{{SUBJECT}}} in '{text}'; a frame must "
@@ -176,36 +301,67 @@ def _parse_about(user: dict, pools: dict, at: str) -> list[tuple]:
     return frames
 
 
-def _parse_topic(raw: object, i: int, pools: dict, where: str) -> Topic:
+def _parse_topic(raw: object, i: int, persona: Persona, where: str) -> Topic:
     if not isinstance(raw, dict):
         raise GuppyError(f"{where}: topics[{i}]: must be a table ([[topics]])")
-    name = raw.get("name")
+    value = raw.get("intent")
+    first = value if isinstance(value, str) else \
+        value[0] if isinstance(value, list) and value and isinstance(value[0], str) else None
+    name = raw.get("name", first)  # a topic that answers an intent is named after it
     if not isinstance(name, str) or not name.strip():
-        raise GuppyError(f"{where}: topics[{i}]: missing name; add name = \"...\"")
+        raise GuppyError(f"{where}: topics[{i}]: missing name; add name = \"...\" (or "
+                         "intent = \"...\" to answer a phrasebook intent)")
     at = f"{where}: topic '{name}'"
     if "|" in name or "\n" in name:
         raise GuppyError(f"{at}, name: must not contain '|' or a line break (the model writes "
                          "the topic's name before each reply); rename it")
     _no_unknown_keys(raw, _TOPIC_KEYS, at)
+    intents = _intents_of(raw, at)
     prompts = _strings(raw, "prompts", at)
     replies = _strings(raw, "replies", at)
-    if len(prompts) < MIN_PROMPTS:
+    if not intents and len(prompts) < MIN_PROMPTS:
         raise GuppyError(f"{at}, prompts: {len(prompts)} given, at least {MIN_PROMPTS} needed "
-                         "(some phrasings are held out for validation and test); add more")
+                         "(some phrasings are held out for validation and test); add more, "
+                         "or answer a phrasebook intent with intent = \"...\"")
     if not replies:
-        raise GuppyError(f"{at}, replies: none given; add at least one reply")
+        who = f"a topic that answers intent '{intents[0].name}' needs replies of its own: " \
+            if intents else ""
+        raise GuppyError(f"{at}, replies: none given; {who}add at least one reply")
     weight = raw.get("weight", 1.0)
     if not isinstance(weight, int | float) or isinstance(weight, bool) or weight <= 0:
         raise GuppyError(f"{at}, weight: must be a number above 0")
 
-    def parse_all(key: str, texts: list[str]) -> list[tuple]:
+    def parse_all(key: str, texts: list[str], pools: dict) -> list[tuple]:
         return [_parse(t, pools, f"{at}, {key}[{j}]") for j, t in enumerate(texts)]
 
-    return Topic(name=name, prompts=parse_all("prompts", prompts),
-                 replies=parse_all("replies", replies),
-                 more=parse_all("more", _strings(raw, "more", at)),
-                 subjects=parse_all("subjects", _strings(raw, "subjects", at)),
-                 weight=float(weight))
+    asks = persona.prompt_pools  # the user's side may use the phrasebook's pools and {name}
+    return Topic(name=name, prompts=parse_all("prompts", prompts, asks),
+                 replies=parse_all("replies", replies, persona.pools),
+                 more=parse_all("more", _strings(raw, "more", at), persona.pools),
+                 subjects=parse_all("subjects", _strings(raw, "subjects", at), asks),
+                 weight=float(weight), intents=intents)
+
+
+def _intents_of(raw: dict, at: str) -> list[Intent]:
+    """The phrasebook intents a topic table names: intent = "a" or intent = ["a", "b"]."""
+    value = raw.get("intent", [])
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) \
+            or ("intent" in raw and not names):
+        raise GuppyError(f"{at}, intent: must be an intent's name or a list of them, "
+                         "e.g. intent = \"greeting\"")
+    book = phrasebook() if names else None
+    intents = []
+    for n in names:
+        if n not in book.intent_names:
+            hint = difflib.get_close_matches(n, book.intent_names, n=1)
+            fix = f"did you mean '{hint[0]}'?" if hint else \
+                "`guppy persona new NAME` writes a starter that lists every intent"
+            raise GuppyError(f"{at}, intent: unknown intent '{n}'; {fix}")
+        if any(i.name == n for i in intents):
+            raise GuppyError(f"{at}, intent: '{n}' named twice; name it once")
+        intents.append(book.intent(n))
+    return intents
 
 
 def _parse(text: str, pools: dict | None, at: str) -> tuple:
@@ -248,8 +404,9 @@ def _check_no_recursion(pools: dict[str, list[tuple]], where: str) -> None:
         visit(name, [])
 
 
-def _check_voice(persona: Persona, topic: Topic, where: str) -> None:
-    """Every reply the topic can produce must follow the voice rules."""
+def _check_voice(persona: Persona, topic: Topic, where: str, lowercase_slots: set) -> None:
+    """Every reply the topic can produce must follow the voice rules. `lowercase_slots`
+    holds the slots already found lowercase, so that each is checked once per persona."""
     memo: dict = {}
     for key, templates in (("replies", topic.replies), ("more", topic.more)):
         for j, nodes in enumerate(templates):
@@ -259,18 +416,19 @@ def _check_voice(persona: Persona, topic: Topic, where: str) -> None:
                 raise GuppyError(f"{at}: can expand to {len(text.split())} words, over the voice "
                                  f"rule max_words = {persona.max_words}; shorten it")
             if persona.lowercase:
-                _check_lowercase(nodes, persona.pools, at)
+                _check_lowercase(nodes, persona.pools, at, lowercase_slots)
 
 
-def _check_lowercase(nodes: tuple, pools: dict, at: str, inside: str = "") -> None:
+def _check_lowercase(nodes: tuple, pools: dict, at: str, done: set, inside: str = "") -> None:
     """Literal text, and every slot entry the template can reach, must be lowercase."""
     for text in template.literal_texts(nodes):
         if text != text.lower():
             raise GuppyError(f"{at}: {inside}'{text.strip()}' has capital letters, but the voice "
                              "rule is lowercase = true; write it in lowercase")
-    for slot in sorted(template.slots_used(nodes)):
+    for slot in sorted(template.slots_used(nodes) - done):
         for j, entry in enumerate(pools[slot]):
-            _check_lowercase(entry, pools, at, inside=f"slot {{{slot}}} entry {j}: ")
+            _check_lowercase(entry, pools, at, done, inside=f"slot {{{slot}}} entry {j}: ")
+        done.add(slot)
 
 
 def _no_unknown_keys(table: dict, allowed: set[str], at: str) -> None:

@@ -107,7 +107,7 @@ def test_bits_per_byte_of_a_uniform_model(tiny_persona, tmp_path):
     assert bpb == pytest.approx(tokens * math.log2(tok.vocab_size) / n_bytes, rel=1e-5)
 
 
-@pytest.mark.parametrize("name, least", [("guppy", 150), ("fern", 50)])
+@pytest.mark.parametrize("name, least", [("guppy", 150), ("fern", 50), ("dusty", 100)])
 def test_shipped_persona_tests_are_complete(name, least):
     p = persona.load(name)
     test = load_persona_test(persona_test_path(Path(p.path)), p)
