@@ -86,24 +86,30 @@ class BatchStream:
     """Step `s` on rank `r` of `w` takes batch `s*w + r` of an endless, epoch-by-epoch order.
 
     The order of each epoch depends only on the seed and the epoch number, so a resumed
-    run sees exactly the batches the interrupted one would have seen.
+    run sees exactly the batches the interrupted one would have seen. An epoch's batches
+    are built when it begins and moved to `device` in one go: a GPU then never waits for
+    the host to pad and copy the next batch.
     """
 
     def __init__(self, examples: list[tuple], batch_tokens: int, seed: int, pad_id: int,
-                 topic_weight: float = 1.0):
+                 topic_weight: float = 1.0, device: torch.device | str = "cpu"):
         self.examples, self.batch_tokens, self.seed = examples, batch_tokens, seed
-        self.pad_id, self.topic_weight = pad_id, topic_weight
+        self.pad_id, self.topic_weight, self.device = pad_id, topic_weight, torch.device(device)
         self.per_epoch = len(make_batches(examples, batch_tokens, seed))
         self._epoch, self._batches = -1, []
 
-    def get(self, step: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, ...]:
+    def get(self, step: int, rank: int = 0, world: int = 1) -> tuple:
         """(inputs, targets, loss weights, number of real, unpadded tokens) for this step
         and rank."""
         index = step * world + rank
         epoch = index // self.per_epoch
         if epoch != self._epoch:
-            self._epoch = epoch
-            self._batches = make_batches(self.examples, self.batch_tokens, self.seed + epoch)
-        batch = self._batches[index % self.per_epoch]
+            self._epoch, self._batches = epoch, []  # the last epoch's memory, freed first
+            self._batches = [self._collate(b) for b in
+                             make_batches(self.examples, self.batch_tokens, self.seed + epoch)]
+        return self._batches[index % self.per_epoch]
+
+    def _collate(self, batch: list[int]) -> tuple:
+        x, y, w = collate(self.examples, batch, self.pad_id, self.topic_weight)
         real = sum(len(self.examples[i][0]) for i in batch)
-        return (*collate(self.examples, batch, self.pad_id, self.topic_weight), real)
+        return x.to(self.device), y.to(self.device), w.to(self.device), real

@@ -11,7 +11,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from guppylm import data, persona
+from guppylm import data, devices, persona, persona_kit
 from guppylm.data import DataConfig
 from guppylm.errors import ConfigError, GuppyError
 from guppylm.pipeline import run_config, run_pipeline
@@ -38,13 +38,14 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 def cmd_persona_check(args: argparse.Namespace) -> None:
     p = persona.load(args.file)
-    n_prompts = sum(len(t.prompts) for t in p.topics)
+    n_prompts = sum(len(t.all_prompts()) for t in p.topics)
     n_replies = sum(len(t.replies) + len(t.more) for t in p.topics)
     print(f"{p.path}: ok")
     print(f"  {p.name}: {p.description}")
     print(f"  voice: lowercase={str(p.lowercase).lower()}, max_words={p.max_words}")
     print(f"  {len(p.topics)} topics, {len(p.pools)} slot pools, "
           f"{n_prompts} prompt and {n_replies} reply templates")
+    print("\n" + persona_kit.format_coverage(persona_kit.coverage(p)))
     composer = data.Composer(p, DataConfig(seed=args.seed, multi_turn_share=0.5))
     print("\nsample conversations:")
     for _ in range(args.samples):
@@ -53,6 +54,14 @@ def cmd_persona_check(args: argparse.Namespace) -> None:
         for msg in conv["messages"]:
             who = "you" if msg["role"] == "user" else p.name.lower()
             print(f"    {who:>8}: {msg['content']}")
+
+
+def cmd_persona_new(args: argparse.Namespace) -> None:
+    written = persona_kit.write_starter(args.name, args.out)
+    print(f"wrote {written[0]} (every phrasebook intent, with replies to rewrite) and "
+          f"{written[1]} (a persona test to rewrite)")
+    print(f"next: edit them, then `guppy persona check {written[0]}` and "
+          f"`guppy run --persona {written[0]}`")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -161,8 +170,12 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    train_args = given(args, TrainConfig)
+    if "run" not in train_args:  # each persona trains into its own folder: runs/fern/
+        train_args["run"] = f"runs/{persona_kit.slug(persona.load(args.persona).name)}"
+    acc = devices.detect(train_args.get("device", "auto"))  # the defaults suit the device
     run_pipeline(args.persona, DataConfig(**given(args, DataConfig)),
-                 run_config(**given(args, TrainConfig)), quiet=args.quiet)
+                 run_config(acc, **train_args), quiet=args.quiet)
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -204,7 +217,8 @@ def add_train_args(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
                    help=f"steps between checkpoints (default: {d.checkpoint_every})")
     p.add_argument("--device", help=f"auto, cpu, cuda, cuda:N or mps (default: {d.device})")
     p.add_argument("--dtype", choices=DTYPES,
-                   help=f"auto: bf16 autocast on CUDA, fp32 elsewhere (default: {d.dtype})")
+                   help="auto: bf16 on GPUs of compute capability 8.0+, fp16 (with loss "
+                        f"scaling) on 7.x, else fp32 (default: {d.dtype})")
     p.add_argument("--compile", action="store_true", default=None, help="use torch.compile")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -233,6 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--samples", type=int, default=4)
     check.add_argument("--seed", type=int, default=0)
     check.set_defaults(func=cmd_persona_check)
+    new = persona_sub.add_parser("new", help="write a starter persona and its test to rewrite",
+                                 description="Write NAME.toml, with every phrasebook intent "
+                                             "and replies to rewrite, and NAME.test.toml.")
+    new.add_argument("name", metavar="NAME", help="the character's name, e.g. Mochi")
+    new.add_argument("--out", help="the persona file to write (default: NAME.toml, lowercase, "
+                                   "here); its test goes beside it")
+    new.set_defaults(func=cmd_persona_new)
 
     p = sub.add_parser("train", help="train a tokenizer and a model on composed data",
                        description="Train into a run folder; `--resume` continues after a crash.")
@@ -307,9 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the whole pipeline: data, tokenizer, training, sample chat",
                        description="Compose data, train a model within a time budget "
-                                   "(pipeline.RUN_PRESET), show sample exchanges, evaluate.")
+                                   "(pipeline.RUN_PRESET), show sample exchanges, evaluate. "
+                                   "The defaults below are a CPU's; on a CUDA GPU it trains "
+                                   "guppy-9m in batches sized to the GPU, in bf16 or fp16 "
+                                   "(pipeline.GPU_RUN_PRESET).")
     add_data_args(p, data_defaults)
-    add_folder_args(p, run_defaults)
+    add_folder_args(p, run_defaults, run_default="runs/<the persona's name>")
     add_train_args(p, run_defaults)
     p.set_defaults(func=cmd_run)
     return parser
@@ -325,11 +349,12 @@ def add_data_args(p: argparse.ArgumentParser, defaults: DataConfig) -> None:
                    help=f"seeds the composer, and training too (default: {defaults.seed})")
 
 
-def add_folder_args(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
+def add_folder_args(p: argparse.ArgumentParser, defaults: TrainConfig,
+                    run_default: str | None = None) -> None:
     p.add_argument("--data", help=f"data folder from `guppy data` (default: {defaults.data})")
     # --run-dir too: under torchrun, its own parser takes --run for --run-path
     p.add_argument("--run", "--run-dir", dest="run",
-                   help=f"run folder to write (default: {defaults.run})")
+                   help=f"run folder to write (default: {run_default or defaults.run})")
 
 
 def _positive_float(text: str) -> float:

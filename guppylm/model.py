@@ -131,10 +131,9 @@ class GPT(nn.Module):
                 weights: torch.Tensor | None = None) -> torch.Tensor:
         """Logits for every position; or, given targets, the mean cross-entropy loss.
 
-        Targets of IGNORE (user turns, padding) are ignored, and the output layer is only
-        computed where there is a target: most of the saving of masking the loss.
-        `weights` (one per target) make some tokens count more in the mean.
-        With `caches` (one dict per layer), `idx` continues the cached tokens.
+        Targets of IGNORE (user turns, padding) are ignored. `weights` (one per target)
+        make some tokens count more in the mean. With `caches` (one dict per layer), `idx`
+        continues the cached tokens.
         """
         start = caches[0]["k"].shape[2] if caches and "k" in caches[0] else 0
         T = idx.shape[1]
@@ -147,8 +146,18 @@ class GPT(nn.Module):
         x = self.ln_f(x)
         if targets is None:
             return self.lm_head(x)
-        keep = targets != IGNORE
-        losses = F.cross_entropy(self.lm_head(x[keep]).float(), targets[keep], reduction="none")
-        if weights is None:
-            return losses.mean()
-        return (losses * weights[keep]).sum() / weights[keep].sum()
+        scored = (targets != IGNORE).float()
+        weights = scored if weights is None else weights * scored
+        if only_scored_rows(x):  # the output layer only where there is a target
+            keep = targets != IGNORE
+            x, targets, weights = x[keep], targets[keep], weights[keep]
+        losses = F.cross_entropy(self.lm_head(x).flatten(0, -2).float(), targets.flatten(),
+                                 reduction="none")  # 0 where the target is IGNORE
+        return (losses * weights.flatten()).sum() / weights.sum()
+
+
+def only_scored_rows(x: torch.Tensor) -> bool:
+    """Whether to run the output layer only on the positions that have a target. On a CPU
+    it saves much of a small model's step (its vocabulary is wide next to its layers). On a
+    GPU, picking those rows makes the host wait to count them, so all rows are computed."""
+    return x.device.type == "cpu"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from guppylm import timeline
 from guppylm.atomic import atomic_write
 from guppylm.plots import plot_loss, plot_rates
 
@@ -50,6 +51,14 @@ def write_report(run: Path, m: dict, rows: list[dict], multi: list[dict]) -> Non
         "",
         "![loss](loss.png)",
         "",
+        "## Learning timeline",
+        "",
+        "The same questions (from the val split: phrasings training never saw), asked during "
+        "training with greedy replies, at 1, 2, 4, 8, ... times the validation interval and at "
+        "the last step: the replies go from gibberish to words, to sentences, to in character, "
+        "to on topic. `[topic]` is the topic the model named first.",
+        "",
+        *timeline.markdown(timeline.read(run / "metrics.jsonl"), m["persona"].lower()),
         "## By style of prompt",
         "",
         "| style | pass |",

@@ -28,6 +28,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from guppylm import data as data_mod
+from guppylm import timeline
 from guppylm.atomic import atomic_write
 from guppylm.batching import BatchStream, collate, encode_examples, make_batches
 from guppylm.chat_format import chat_texts, topics_of
@@ -38,6 +39,7 @@ from guppylm.checkpoint import (
     save_model,
     write_config,
 )
+from guppylm.devices import amp_dtype, detect
 from guppylm.errors import ConfigError, GuppyError
 from guppylm.model import GPT, IGNORE, PRESETS, GPTConfig
 from guppylm.plots import plot_loss
@@ -49,6 +51,7 @@ from guppylm.train_config import DTYPES, TrainConfig
 # ends within its minutes.
 TRAINING_SHARE = 0.97
 VALIDATION_SEED = 12345  # any fixed seed: every validation measures the same batches
+READ_LOSSES_EVERY = 20  # steps whose losses are read from the device (and logged) at once
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -83,9 +86,11 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     examples = encode_examples(tok, train_convs, model_cfg.context,
                                cfg.drop_history_topics, cfg.seed)
-    stream = BatchStream(examples, cfg.batch_tokens, cfg.seed, tok.end_id, cfg.topic_weight)
+    stream = BatchStream(examples, cfg.batch_tokens, cfg.seed, tok.end_id, cfg.topic_weight,
+                         device)
     val_batches = validation_batches(encode_examples(tok, val_convs, model_cfg.context),
                                      cfg, tok.end_id)
+    prompts = timeline.prompts_for(run, val_convs, resume)  # the learning timeline's questions
     if resume:
         saved = load_checkpoint(run, model, opt, scaler)
         step, elapsed, schedule = saved["step"], saved["elapsed_s"], Schedule(**saved["schedule"])
@@ -94,7 +99,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
         if main:
             write_config(run, model_cfg, replace(cfg, data=str(Path(cfg.data).resolve())),
                          {**data_record(Path(cfg.data)), "vocab_size": tok.vocab_size,
-                          "parameters": model.num_params(), "device": str(device)})
+                          "parameters": model.num_params(), "device": str(device),
+                          "timeline_prompts": prompts})
     log = Log(run if main else None, step, elapsed, schedule, show=main and not quiet)
     log.say(f"training {cfg.preset} ({model.num_params() / 1e6:.2f}M parameters, vocabulary "
             f"{tok.vocab_size:,}) on {device} ({amp or torch.float32}), {len(examples):,} "
@@ -108,8 +114,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     while not schedule.finished(step, elapsed):
         x, y, weights, real = stream.get(step, rank, world)
         lr = schedule.lr_at(step, elapsed)
-        loss = optimizer_step(forward, opt, scaler, lr, cfg.grad_clip, amp,
-                              x.to(device), y.to(device), weights.to(device))
+        loss = optimizer_step(forward, opt, scaler, lr, cfg.grad_clip, amp, x, y, weights)
         step += 1
         elapsed = _agreed(time.perf_counter() - start, world, device)  # ranks stop together
         schedule.record(step, elapsed)
@@ -117,6 +122,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
         log.step(step, loss, lr, x.numel() * world, real * world, elapsed)
         if main and (step % cfg.eval_every == 0 or last):
             log.validation(step, mean_loss(model, val_batches, amp)[0])
+            if timeline.is_due(step, cfg.eval_every, last):
+                log.replies(step, timeline.ask(model, tok, prompts))
         if main and (step % cfg.checkpoint_every == 0 or last):
             log.flush()
             save_checkpoint(run, model, opt, scaler, {"step": step, "elapsed_s": elapsed,
@@ -234,8 +241,10 @@ def make_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.AdamW:
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     # beta2 0.95 rather than PyTorch's 0.999, as in GPT-3 and nanoGPT: a shorter average of
-    # squared gradients adapts sooner, which keeps high learning rates stable
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+    # squared gradients adapts sooner, which keeps high learning rates stable. On a GPU, the
+    # fused kernel updates every parameter in one launch instead of several per tensor.
+    fused = next(model.parameters()).device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, fused=fused or None)
 
 
 # ----------------------------------------------------------------------------- logging
@@ -243,7 +252,8 @@ def make_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.AdamW:
 class Log:
     """What the first process shows and keeps: a tqdm bar (loss, real tokens per second,
     and the time left of a timed run) and metrics.jsonl in the run folder, one JSON object
-    a line: each step's loss and learning rate, and each validation's loss.
+    a line: each step's loss and learning rate, each validation's loss, and the replies of
+    the learning timeline (timeline.py).
 
     With `run` None (the other processes of a distributed run) it keeps nothing.
     """
@@ -259,6 +269,7 @@ class Log:
         self.bar = tqdm(total=schedule.total_steps, initial=step, unit="step", disable=not show,
                         dynamic_ncols=True, mininterval=0.2 if sys.stderr.isatty() else 5.0)
         self.since, self.tokens, self.real_tokens, self.loss = elapsed, 0, 0, math.nan
+        self.unread: list[tuple] = []  # steps whose loss is not read from the device yet
 
     def say(self, text: str) -> None:
         if self.show:
@@ -266,35 +277,58 @@ class Log:
 
     def step(self, step: int, loss: torch.Tensor, lr: float, tokens: int, real_tokens: int,
              elapsed: float) -> None:
-        """Count a step of `tokens` (`real_tokens` of them not padding)."""
-        if self.metrics is None:
+        """Count a step of `tokens` (`real_tokens` of them not padding). Its loss is read
+        later, with others (`_read_losses`)."""
+        if self.metrics is not None:
+            self.unread.append((step, loss.detach(), lr, tokens, real_tokens, elapsed))
+            if len(self.unread) >= READ_LOSSES_EVERY:
+                self._read_losses()
+
+    def _read_losses(self) -> None:
+        """Log the steps whose losses are still on the device. Reading a loss makes the host
+        wait until the device has computed it; read one at a time, a GPU would idle between
+        steps while the host prepares the next. Read in groups, the GPU works ahead."""
+        if not self.unread:
             return
-        self.loss = loss.item()
-        self.tokens += tokens
-        self.real_tokens += real_tokens
-        seconds = max(1e-9, elapsed - self.since)  # this process's own time, for throughput
+        losses = torch.stack([row[1] for row in self.unread]).tolist()  # one wait for all
+        for (step, _, lr, tokens, real_tokens, elapsed), loss in zip(self.unread, losses,
+                                                                      strict=True):
+            self.loss = loss
+            self.tokens += tokens
+            self.real_tokens += real_tokens
+            seconds = max(1e-9, elapsed - self.since)  # this process's own time
+            self._write({"step": step, "loss": round(loss, 4), "lr": lr,
+                         "tokens_per_s": round(self.tokens / seconds),
+                         "real_tokens_per_s": round(self.real_tokens / seconds),
+                         "elapsed_s": round(elapsed, 2)})
         left = {"left": f"{max(0, self.budget_s - elapsed):.0f}s"} if self.budget_s else {}
         self.bar.set_postfix(loss=f"{self.loss:.3f}", tok_s=f"{self.real_tokens / seconds:,.0f}",
                              **left, refresh=False)  # the bar redraws at its own pace
-        self.bar.update(1)
-        self._write({"step": step, "loss": round(self.loss, 4), "lr": lr,
-                     "tokens_per_s": round(self.tokens / seconds),
-                     "real_tokens_per_s": round(self.real_tokens / seconds),
-                     "elapsed_s": round(elapsed, 2)})
+        self.bar.update(len(losses))
+        self.unread = []
 
     def validation(self, step: int, val_loss: float) -> None:
+        self._read_losses()  # the train loss shown beside it is this step's
         self._write({"step": step, "val_loss": round(val_loss, 4)})
         self.say(f"step {step:>5}: train loss {self.loss:.3f}, val loss {val_loss:.3f}")
+
+    def replies(self, step: int, answers: list[dict]) -> None:
+        """Keep the replies to the learning timeline's prompts (timeline.py); show one."""
+        if answers:
+            self._write({"step": step, "timeline": answers})
+            self.say(f"{'':13}you: {answers[0]['prompt']}  ->  {timeline.shown(answers[0])}")
 
     def _write(self, row: dict) -> None:
         if self.metrics is not None:
             self.metrics.write(json.dumps(row) + "\n")
 
     def flush(self) -> None:
+        self._read_losses()
         if self.metrics is not None:
             self.metrics.flush()
 
     def close(self) -> None:
+        self._read_losses()
         self.bar.close()
         if self.metrics is not None:
             self.metrics.close()
@@ -401,13 +435,12 @@ def pick_device(name: str) -> torch.device:
 
 
 def autocast_dtype(device: torch.device, dtype: str) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32. `auto` is bf16 on CUDA and fp32
-    elsewhere: CPUs without bf16 matrix units run bf16 slower than fp32
-    (docs/benchmarks.md)."""
+    """The autocast dtype, or None for plain fp32. `auto` is the format the device is fast
+    at (devices.amp_dtype): bf16 on recent GPUs, fp16 on the T4 and V100, else fp32."""
     if dtype not in DTYPES:
         raise ConfigError("TrainConfig", "dtype", dtype, f"unknown; use {', '.join(DTYPES)}")
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
+        dtype = amp_dtype(detect(str(device)))
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-DTYPES = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 autocast on CUDA, fp32 elsewhere
+DTYPES = ("auto", "fp32", "bf16", "fp16")  # auto: what the device is fast at (devices.py)
 
 
 @dataclass

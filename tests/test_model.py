@@ -78,6 +78,35 @@ def test_loss_ignores_masked_targets():
     assert torch.allclose(model(idx, masked), expected, atol=1e-5)
 
 
+def test_the_loss_is_the_same_with_the_output_layer_on_every_row(monkeypatch):
+    """On a GPU the output layer runs on every position (choosing the scored rows would make
+    it wait for the host): the weighted loss must be the one the CPU computes on the scored
+    rows alone, and so must its gradients."""
+    from guppylm import model as model_mod
+
+    model = tiny_model()
+    idx = torch.randint(0, 97, (2, 16))
+    targets = torch.randint(0, 97, (2, 16))
+    targets[0, :5] = targets[1, 9:] = -100
+    weights = torch.ones(2, 16)
+    weights[0, 7] = weights[1, 2] = 4.0
+
+    def loss_and_grad():
+        model.zero_grad()
+        loss = model(idx, targets, weights=weights)
+        loss.backward()
+        return loss.detach(), model.wte.weight.grad.clone()
+
+    chosen_rows = loss_and_grad()
+    monkeypatch.setattr(model_mod, "only_scored_rows", lambda x: False)
+    every_row = loss_and_grad()
+    assert torch.allclose(chosen_rows[0], every_row[0], atol=1e-6)
+    assert torch.allclose(chosen_rows[1], every_row[1], atol=1e-6)
+    unweighted = torch.nn.functional.cross_entropy(model(idx).reshape(-1, 97),
+                                                   targets.reshape(-1))
+    assert torch.allclose(model(idx, targets), unweighted, atol=1e-5)
+
+
 def test_sampling_keeps_the_top_k_then_the_top_p_and_draws_by_probability():
     from guppylm.generate import SamplingConfig, pick_token
 

@@ -223,6 +223,7 @@ def test_guppy_run_on_a_tiny_config(tmp_path, capsys, tiny_persona_with_test):
                              "guppy-tiny", "--steps", 10, "--quiet")
     assert code == 0, err
     assert "[3/4]" in out and "you:" in out and "minnow:" in out
+    assert "how it learned to talk" in out and "    step     10  minnow: " in out  # the timeline
     assert "[4/4]" in out and "persona test pass" in out
     run = tmp_path / "run"
     assert (run / "report.md").is_file() and (run / "persona.test.toml").is_file()
