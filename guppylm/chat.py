@@ -11,28 +11,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
-from guppylm.chat_format import SENTENCE_END, encode_chat, first_sentence, opening_to_avoid
+from guppylm.chat_format import encode_chat, opening_to_avoid
 from guppylm.checkpoint import load_run
-from guppylm.generate import SamplingConfig, choose_topic, new_generator, stream
+from guppylm.decode import BatchDecoder, Chunk, Sequence
+from guppylm.generate import SamplingConfig, choose_topic
 from guppylm.model import GPT
 from guppylm.tokenizer import Tokenizer
-
-OPENING_TRIES = 3  # draws of a reply whose opening sentence repeats the previous reply's
-
-
-@dataclass
-class Chunk:
-    """A piece of a streamed reply."""
-
-    text: str = ""  # new reply text
-    topic: str | None = None  # set on the chunk that names the topic
-    finish: str | None = None  # on the last chunk: "stop" (end of turn) or "length"
 
 
 class Reply(NamedTuple):
@@ -123,55 +113,18 @@ class Guppy:
         models copy from their context, and a fish that repeats itself is the first thing a
         person notices. So the opening sentence is held back until it is complete, and if
         it repeats, the reply is drawn again (at most OPENING_TRIES times, then kept).
+
+        The reply is decoded by decode.py's BatchDecoder, as a batch of one: the server and
+        `guppy eval` decode many replies together with the same code, and a seed gives the
+        same reply in all three.
         """
         cfg = replace(self.sampling, **overrides)
-        ids = self.prompt_ids(messages, cfg.max_new_tokens)
-        generator = new_generator(cfg.seed)  # one for all tries: each try draws anew
         avoid = opening_to_avoid(messages) if cfg.temperature > 0 else ""
-        for attempt in range(OPENING_TRIES):
-            last_try = not avoid or attempt == OPENING_TRIES - 1
-            held: list[Chunk] | None = None if last_try else []  # None: nothing held back
-            for chunk, opening in self._chunks(ids, cfg, generator):
-                if held is None:
-                    yield chunk
-                    continue
-                held.append(chunk)
-                if opening is None:
-                    continue
-                if opening == avoid:
-                    break  # draw the reply again
-                yield from held
-                held = None
-            else:
-                return
-
-    def _chunks(self, ids: list[int], cfg: SamplingConfig,
-                generator: torch.Generator | None) -> Iterator[tuple[Chunk, str | None]]:
-        """One try at the reply: each chunk with the reply's opening sentence, once the
-        text holds a whole sentence or the reply has finished (else None)."""
-        tok = self.tok
-        limit = min(cfg.max_new_tokens, self.model.cfg.context - len(ids))
-        new: list[int] = []
-        shown, finish = "", "length"
-        tokens = stream(self.model, ids, replace(cfg, max_new_tokens=limit),
-                        topic_ids=tuple(tok.topics), generator=generator)
-        for token in tokens:
-            if token == tok.end_id:
-                finish = "stop"
-                break
-            if token in (tok.user_id, tok.assistant_id):
-                break  # it began another turn without ending its own: not a proper end
-            if token in tok.topics:
-                yield Chunk(topic=tok.topics[token]), None
-                continue
-            new.append(token)
-            text = tok.decode(new)
-            if len(text) > len(shown) and not text.endswith("\ufffd"):  # whole characters
-                opening = first_sentence(text) if SENTENCE_END.search(text) else None
-                yield Chunk(text=text[len(shown):]), opening
-                shown = text
-        text = tok.decode(new)
-        yield Chunk(text=text[len(shown):], finish=finish), first_sentence(text)
+        decoder = BatchDecoder(self.model, self.tok)
+        decoder.add(Sequence(self.prompt_ids(messages, cfg.max_new_tokens), cfg, avoid=avoid))
+        while decoder.active:
+            for _, chunk in decoder.step():
+                yield chunk
 
     def respond(self, messages: list[dict], **overrides) -> Reply:
         """The next reply, the topic the model named for it, and why it finished."""

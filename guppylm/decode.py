@@ -9,10 +9,12 @@ in flight advances together:
           `generate.stream` and `Guppy.stream`, with the sequence's own seeded generator
        -> one forward pass for all the sequences that go on -> new logits for each
 
-A sequence joins between steps (its prompt is read alone, "prefill", filling its own KV
-cache) and leaves when it finishes or is cancelled. Each sequence's tokens are exactly those
-`Guppy.stream` gives for the same request alone (tests/test_serve.py checks it): the choice
-of a token uses only that sequence's logits and generator, whatever else is in the batch.
+A sequence joins between steps (its prompt is read alone, "prefill", filling its slot of
+the KV cache) and leaves when it finishes or is cancelled. A sequence's tokens are the same
+whatever else is in the batch (tests/test_serve.py checks it): its logits are computed bit
+for bit as if it were alone (`forward_step`), and its token is drawn from its own
+generator. `Guppy.stream` is this decoder with a batch of one, so `guppy chat`, `guppy eval`
+and the server give one reply for one seed.
 
 A sequence may also ask for the probabilities behind its tokens (`top_logprobs`): its
 chunks are then `ScoredChunk`s, which carry the log-probability of each reply token and of
@@ -35,13 +37,25 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
-from guppylm.chat import OPENING_TRIES, Chunk
 from guppylm.chat_format import SENTENCE_END, first_sentence
-from guppylm.generate import SamplingConfig, choose_topic, pick_token
+from guppylm.generate import SamplingConfig, choose_topic, pick_tokens
 from guppylm.model import GPT
 from guppylm.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
+
+OPENING_TRIES = 3  # draws of a reply whose opening sentence repeats the previous reply's
+ROWS = 8  # every matrix product of a step multiplies blocks of this many rows (see _rows)
+SPAN = 64  # attention reads the caches this many positions at a time (see forward_step)
+
+
+@dataclass
+class Chunk:
+    """A piece of a streamed reply."""
+
+    text: str = ""  # new reply text
+    topic: str | None = None  # set on the chunk that names the topic
+    finish: str | None = None  # on the last chunk: "stop" (end of turn) or "length"
 
 
 @dataclass
@@ -94,7 +108,7 @@ class Sequence:
     # decoding state, set when the sequence joins a BatchDecoder
     limit: int = 0
     logits: torch.Tensor | None = None
-    caches: list[dict] = field(default_factory=list)
+    slot: int = -1  # its place in the decoder's KVCache
     generator: torch.Generator | None = None
     reply: list[int] = field(default_factory=list)  # the reply's tokens, for the text
     shown: str = ""  # the text emitted so far
@@ -106,13 +120,42 @@ class Sequence:
     unsent: list[TokenScore] = field(default_factory=list)  # scores of tokens not yet shown
 
 
+class KVCache:
+    """The keys and values of many sequences, a slot each: for every layer, a (slots, heads,
+    context, head size) tensor that a step writes into in place. The active sequences hold
+    slots 0, 1, 2, ... so that a step reads its batch's caches as one slice, without a copy.
+    """
+
+    def __init__(self, model: GPT, slots: int = 1):
+        cfg = model.cfg
+        self.shape = (cfg.n_layer, slots, cfg.n_head, cfg.context, cfg.d_model // cfg.n_head)
+        self.k = torch.zeros(self.shape, device=model.wte.weight.device)
+        self.v = torch.zeros_like(self.k)
+
+    def make_room(self, slots: int) -> None:
+        """At least `slots` slots: double the cache until they fit (rarely: it is kept)."""
+        while self.k.shape[1] < slots:
+            self.k, self.v = (torch.cat([t, torch.zeros_like(t)], dim=1) for t in (self.k, self.v))
+
+    def fill(self, slot: int, caches: list[dict]) -> None:
+        """Copy a prompt's keys and values, as `GPT.forward` caches them, into `slot`."""
+        for layer, cache in enumerate(caches):
+            n = cache["k"].shape[2]
+            self.k[layer, slot, :, :n] = cache["k"][0]
+            self.v[layer, slot, :, :n] = cache["v"][0]
+
+    def move(self, source: int, to: int) -> None:
+        self.k[:, to], self.v[:, to] = self.k[:, source], self.v[:, source]
+
+
 class BatchDecoder:
     """Active sequences and the step that advances them all by one token."""
 
     def __init__(self, model: GPT, tok: Tokenizer):
         self.model, self.tok = model.eval(), tok
         self.topic_ids = torch.tensor(tuple(tok.topics), dtype=torch.long)  # as Guppy.stream
-        self.active: list[Sequence] = []
+        self.active: list[Sequence] = []  # in slot order: active[i] holds slot i
+        self.cache = KVCache(model)
 
     @torch.inference_mode()
     def add(self, seq: Sequence) -> None:
@@ -128,13 +171,16 @@ class BatchDecoder:
             seq.generator.seed()  # a fresh random seed
         else:
             seq.generator.manual_seed(seq.cfg.seed)
-        # the prompt is read by the model itself, exactly as generate.stream reads it
-        seq.caches = [{} for _ in self.model.h]
+        # the prompt is read by the model itself, alone, exactly as generate.stream reads it
+        caches: list[dict] = [{} for _ in self.model.h]
         device = self.model.wte.weight.device
         seq.logits = self.model(torch.tensor([seq.prompt], device=device),
-                                caches=seq.caches)[0, -1].cpu()
-        if seq.avoid and seq.cfg.temperature > 0:  # as Guppy.stream: greedy never redraws
+                                caches=caches)[0, -1].cpu()
+        if seq.avoid and seq.cfg.temperature > 0:  # greedy never redraws: it would repeat
             seq.first_logits, seq.held = seq.logits.clone(), []
+        seq.slot = len(self.active)
+        self.cache.make_room(seq.slot + 1)
+        self.cache.fill(seq.slot, caches)
         self.active.append(seq)
 
     @torch.inference_mode()
@@ -142,35 +188,64 @@ class BatchDecoder:
         """Choose the next token of every active sequence, then run one forward pass for
         those that go on. Returns the chunks to send, in order; finished and cancelled
         sequences leave."""
-        self.active = [seq for seq in self.active if not seq.cancelled]
         out: list[tuple[Sequence, Chunk]] = []
-        going_on = []
-        for seq in self.active:
-            for chunk in self._next_token(seq):
-                out.append((seq, chunk))
-            if seq.finish is None:
-                going_on.append(seq)
-        self.active = going_on
-        going_on = [s for s in going_on if s.tokens]  # a reply drawn again has its logits
+        live = [seq for seq in self.active if not seq.cancelled]
+        for seq, token in zip(live, self._choose(live), strict=True):
+            out += [(seq, chunk) for chunk in self._next_token(seq, token)]
+        self._keep([seq for seq in self.active if seq.finish is None and not seq.cancelled])
+        going_on = [s for s in self.active if s.tokens]  # a reply drawn again has its logits
         if going_on:
-            logits = forward_step(self.model, [s.tokens[-1] for s in going_on],
-                                  [len(s.prompt) + len(s.tokens) - 1 for s in going_on],
-                                  [s.caches for s in going_on]).cpu()
+            logits = forward_step(self.model, self.cache, [s.slot for s in going_on],
+                                  [s.tokens[-1] for s in going_on],
+                                  [len(s.prompt) + len(s.tokens) - 1 for s in going_on]).cpu()
             for seq, row in zip(going_on, logits, strict=True):
                 seq.logits = row
         return out
 
-    def _next_token(self, seq: Sequence) -> list[Chunk]:
-        """One token for `seq`, by generate.stream's rules, and what Guppy.stream yields
-        for it (plus the handling of stop strings)."""
-        tok, logits = self.tok, seq.logits
-        # the model's distribution, before the rules below mask any of it (a new tensor)
-        logprobs = None if seq.top_logprobs is None else torch.log_softmax(logits.float(), -1)
-        token = choose_topic(logits, self.topic_ids, seq.cfg, seq.generator) \
-            if not seq.tokens else None
-        if token is None:
-            logits[self.topic_ids] = float("-inf")  # a topic comes first or not at all
-            token = pick_token(logits, seq.cfg, seq.generator)
+    def drop(self, seqs: list[Sequence]) -> None:
+        """Stop decoding `seqs` at once (a step that failed)."""
+        self._keep([seq for seq in self.active if seq not in seqs])
+
+    def _keep(self, going_on: list[Sequence]) -> None:
+        """Make `going_on` the active sequences, in slots 0, 1, 2, ...: each one beyond
+        them moves into a slot that a leaving sequence freed."""
+        n = len(going_on)
+        taken = {seq.slot for seq in going_on}
+        free = iter(slot for slot in range(n) if slot not in taken)
+        for seq in going_on:
+            if seq.slot >= n:
+                slot = next(free)
+                self.cache.move(seq.slot, slot)
+                seq.slot = slot
+        self.active = sorted(going_on, key=lambda seq: seq.slot)
+
+    def _choose(self, seqs: list[Sequence]) -> list[int]:
+        """The next token of each sequence, by generate.stream's rules: a reply's first token
+        may name a topic; after it no topic can be drawn. Sequences that sample alike draw
+        together (`pick_tokens`), each from its own generator."""
+        chosen: dict[int, int] = {}
+        alike: dict[tuple, list[int]] = {}
+        for i, seq in enumerate(seqs):
+            topic = None if seq.tokens else choose_topic(seq.logits, self.topic_ids, seq.cfg,
+                                                         seq.generator)
+            if topic is not None:
+                chosen[i] = topic
+            else:
+                alike.setdefault((seq.cfg.temperature, seq.cfg.top_k, seq.cfg.top_p), []).append(i)
+        for rows in alike.values():
+            cfg = seqs[rows[0]].cfg
+            logits = torch.stack([seqs[i].logits for i in rows])
+            logits[:, self.topic_ids] = float("-inf")  # a topic comes first or not at all
+            tokens = pick_tokens(logits, cfg, [seqs[i].generator for i in rows])
+            chosen.update(zip(rows, tokens, strict=True))
+        return [chosen[i] for i in range(len(seqs))]
+
+    def _next_token(self, seq: Sequence, token: int) -> list[Chunk]:
+        """What Guppy.stream yields for `seq`'s next token (plus the handling of stop
+        strings)."""
+        tok = self.tok
+        # the model's distribution, unmasked, for the probabilities a request asked for
+        logprobs = None if seq.top_logprobs is None else torch.log_softmax(seq.logits.float(), -1)
         seq.tokens.append(token)
         chunks: list[Chunk] = []
         if token == tok.end_id:
@@ -209,7 +284,7 @@ class BatchDecoder:
         chunks = self._opening(seq, [last], text, finished=True)
         if seq.tokens:  # not drawn again: finished
             seq.finish = finish
-            seq.caches, seq.logits = [], None  # free the memory now
+            seq.logits = seq.first_logits = None  # its slot is freed at the end of the step
         return chunks
 
     @staticmethod
@@ -241,10 +316,8 @@ class BatchDecoder:
         return held
 
     def _draw_again(self, seq: Sequence) -> None:
-        """Forget the reply so far: back to the logits after the prompt."""
-        n = len(seq.prompt)
-        for cache in seq.caches:
-            cache["k"], cache["v"] = cache["k"][:, :, :n], cache["v"][:, :, :n]
+        """Forget the reply so far: back to the logits after the prompt. (Its cache beyond
+        the prompt is overwritten as the new reply is read, and never read before.)"""
         seq.tokens, seq.reply, seq.shown, seq.seen, seq.unsent = [], [], "", "", []
         seq.logits = seq.first_logits.clone()
         seq.held = [] if seq.tries < OPENING_TRIES - 1 else None
@@ -263,61 +336,65 @@ def _stop_prefix(text: str, stops: tuple[str, ...]) -> int:
                default=0)
 
 
-def forward_step(model: GPT, tokens: list[int], positions: list[int],
-                 caches: list[list[dict]]) -> torch.Tensor:
-    """Logits (B, vocab) for one new token of each of B sequences, each continuing its
-    own KV cache (`caches[b]`: one dict per layer, as `GPT.forward` fills them).
+def forward_step(model: GPT, cache: KVCache, slots: list[int], tokens: list[int],
+                 positions: list[int]) -> torch.Tensor:
+    """Logits (B, vocab) for one new token of each of B sequences, each continuing the keys
+    and values in its slot of `cache` (and adding the new token's).
 
     The arithmetic of `GPT.forward` with a cache, with the model's own weights, laid out for
-    a batch: every step runs each operation once for all B rows instead of B times, which
-    is where batching pays (a small model's step is mostly the fixed cost of each operation).
+    a batch: each operation runs once for all B rows instead of B times, which is where
+    batching pays (a small model's step is mostly the fixed cost of each operation).
 
-    Attention runs per sequence against its own cache, because the sequences have different
-    lengths. (Padding the caches to one length with a mask would make attention one call per
-    layer, but it computes every padded position and copies the caches whenever the batch
-    changes; at these sizes the loop costs about the same and is plainly model.py's
-    attention.) The layers of the MLP are called through `_rows` like all the others, so
-    this function restates the MLP of model.py: the GELU between its two layers.
+    Each row's result is the same, bit for bit, whatever the other rows are: that is what
+    makes a seed give the same reply whatever else is decoded with it. A matrix product of a
+    whole batch would not (its sums are ordered by the batch's size), so `_rows` multiplies
+    blocks of ROWS rows. Attention is written out rather than calling
+    `F.scaled_dot_product_attention`, whose sums depend on the batch when it uses several
+    threads: every sequence attends over the same SPAN-rounded number of cache positions, the
+    ones beyond its own length masked out (they add exact zeros).
     """
     device = model.wte.weight.device
-    x = model.wte(torch.tensor(tokens, device=device)) \
-        + model.wpe(torch.tensor(positions, device=device))  # (B, C): a row per sequence
-    B, C = x.shape
+    B, C = len(tokens), model.cfg.d_model
+    pos = torch.tensor(positions, device=device)
+    x = model.wte(torch.tensor(tokens, device=device)) + model.wpe(pos)  # (B, C)
+    span = -(-(max(positions) + 1) // SPAN) * SPAN  # positions to read: a multiple of SPAN
+    unseen = (torch.arange(span, device=device) > pos[:, None])[:, None, None, :]  # B,1,1,T
+    rows = torch.tensor(slots, device=device)
+    in_order = slots == list(range(B))  # the usual case: read the slots as a slice
     for layer, block in enumerate(model.h):
-        attn = block.attn
-        H = attn.n_head
-        q, k, v = _rows(attn.c_attn, block.ln_1(x)).split(C, dim=1)
-        # (B, C) -> (B, heads, 1, head size): one new position per sequence
-        q, k, v = (t.view(B, 1, H, C // H).transpose(1, 2) for t in (q, k, v))
-        ys = []
-        for b in range(B):
-            cache = caches[b][layer]
-            cache["k"] = torch.cat([cache["k"], k[b:b + 1]], dim=2)
-            cache["v"] = torch.cat([cache["v"], v[b:b + 1]], dim=2)
-            # one new token attends to everything cached: no mask (as in model.py)
-            ys.append(F.scaled_dot_product_attention(q[b:b + 1], cache["k"], cache["v"]))
-        y = torch.cat(ys).transpose(1, 2).reshape(B, C)
-        x = x + _rows(attn.c_proj, y)
+        H = block.attn.n_head
+        q, k, v = _rows(block.attn.c_attn, block.ln_1(x)).split(C, dim=1)
+        q, k, v = (t.view(B, H, C // H) for t in (q, k, v))  # a row per sequence and head
+        keys, values = cache.k[layer], cache.v[layer]  # (slots, H, context, head size)
+        keys[rows, :, pos], values[rows, :, pos] = k, v  # the new token's, in place
+        keys, values = ((t[:B] if in_order else t[rows])[:, :, :span] for t in (keys, values))
+        att = (q.unsqueeze(2) @ keys.transpose(-2, -1)) * (C // H) ** -0.5  # (B, H, 1, T)
+        att = att.masked_fill(unseen, float("-inf")).softmax(dim=-1)
+        y = (att @ values).view(B, C)  # (B, H, 1, head size): the heads side by side
+        x = x + _rows(block.attn.c_proj, y)
         mlp = block.mlp
         x = x + _rows(mlp.c_proj, F.gelu(_rows(mlp.c_fc, block.ln_2(x)), approximate="tanh"))
     return _rows(model.lm_head, model.ln_f(x))
 
 
 def _rows(linear: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """`linear(x)` for a batch of rows, each row computed exactly as if it were alone.
+    """`linear(x)` for a batch of rows, each row's result independent of the others.
 
-    Why not just `linear(x)`: a matrix multiplication sums in an order that depends on the
-    number of rows (the math library picks its kernel and blocking by shape), so a row's
-    result changes in the last bits with the batch around it, and a sampled token can
-    flip where two are nearly tied. Then a seed would not give the same reply whatever else
-    is in the batch, nor the reply of `Guppy.stream` alone. A batched product of B one-row
-    matrices against the same (expanded, not copied) weights runs the one-row kernel for
-    each row, in one call: the sums of a sequence decoded alone, bit for bit.
+    Why not just `linear(x)`: a matrix multiplication sums in an order that the math
+    library picks by the matrices' shape, so a row's result would change in its last bits
+    with the size of the batch around it, and a sampled token can flip where two are nearly
+    tied. Here the rows are padded to a multiple of ROWS and multiplied ROWS at a time (one
+    batched call against the same weights, expanded, not copied): every product has the
+    same shape whatever the batch, and so sums each row the same way.
     """
-    w = linear.weight.t().expand(x.shape[0], *linear.weight.t().shape)  # (B, in, out), a view
+    B, n = x.shape[0], -(-x.shape[0] // ROWS)
+    blocks = F.pad(x, (0, 0, 0, n * ROWS - B)).view(n, ROWS, -1)
+    w = linear.weight.t().expand(n, *linear.weight.t().shape)  # (n, in, out), a view
     if linear.bias is None:
-        return torch.bmm(x.unsqueeze(1), w).squeeze(1)
-    return torch.baddbmm(linear.bias.expand(x.shape[0], 1, -1), x.unsqueeze(1), w).squeeze(1)
+        out = torch.bmm(blocks, w)
+    else:
+        out = torch.baddbmm(linear.bias.expand(n, 1, -1), blocks, w)
+    return out.view(n * ROWS, -1)[:B]
 
 
 class Full(Exception):
@@ -417,9 +494,8 @@ class DecodeLoop:
             work()
         except Exception:
             log.exception("decoding failed; ending %d sequence(s) with an error", len(seqs))
+            self.decoder.drop(seqs)
             for seq in seqs:
-                if seq in self.decoder.active:
-                    self.decoder.active.remove(seq)
                 if seq.finish is None:
                     seq.finish = "error"
                     seq.emit(Chunk(finish="error"))

@@ -8,10 +8,11 @@ import pytest
 import torch
 from tokenizers import Tokenizer as HFTokenizer
 
-from guppylm import chat, data, persona
+from guppylm import chat, data, decode, persona
 from guppylm.batching import collate, encode_examples
-from guppylm.chat import OPENING_TRIES, Guppy, Reply
+from guppylm.chat import Guppy, Reply
 from guppylm.chat_format import chat_texts, decode_chat, encode_chat, topics_of
+from guppylm.decode import OPENING_TRIES
 from guppylm.evaluate import repeat_rate
 from guppylm.generate import SamplingConfig, choose_topic
 from guppylm.model import GPT, PRESETS, GPTConfig
@@ -122,15 +123,18 @@ def test_history_goes_back_as_content_only_and_its_topics_are_restored(tok, monk
     assert len(prompt(reply.message())) == len(topical) - 1
 
 
-def fake_model_output(monkeypatch, tokens: list[int]) -> list[tuple]:
-    """Make `chat.stream` give `tokens`; return the (topic ids, temperature) it was asked."""
-    asked = []
+def fake_model_output(monkeypatch, tokens: list) -> list[tuple]:
+    """Make the decoder choose `tokens` (the same each try, or a list of tokens per try);
+    return the (topic ids, temperature) each try's first token was chosen with."""
+    asked, script = [], []
 
-    def fake_stream(model, ids, cfg, stop_ids=(), topic_ids=(), generator=None):
-        asked.append((topic_ids, cfg.temperature))
-        return iter(tokens.pop(0) if isinstance(tokens[0], list) else tokens)
+    def first_token(logits, topic_ids, cfg, generator=None):  # a try begins
+        asked.append((tuple(topic_ids.tolist()), cfg.temperature))
+        script[:] = tokens.pop(0) if isinstance(tokens[0], list) else tokens
+        return script.pop(0) if script[0] in topic_ids else None
 
-    monkeypatch.setattr(chat, "stream", fake_stream)
+    monkeypatch.setattr(decode, "choose_topic", first_token)
+    monkeypatch.setattr(decode, "pick_tokens", lambda logits, cfg, generators: [script.pop(0)])
     return asked
 
 
@@ -140,8 +144,9 @@ def test_stream_names_the_topic_then_the_reply_then_why_it_finished(tok, monkeyp
                                                                      ending, finish):
     words = tok.encode("i eat flakes.")
     tail = {"end": [tok.end_id], "limit": [], "new turn": [tok.user_id, *words]}[ending]
-    asked = fake_model_output(monkeypatch, [tok.topic_id("food"), *words, *tail])
-    g = Guppy(tiny_model(tok), tok)
+    script = [tok.topic_id("food"), *words, *tail]
+    asked = fake_model_output(monkeypatch, script)
+    g = Guppy(tiny_model(tok), tok, SamplingConfig(max_new_tokens=len(script)))
     chunks = list(g.stream([{"role": "user", "content": "hungry?"}]))
     assert chunks[0].topic == "food" and chunks[0].text == ""
     assert "".join(c.text for c in chunks) == "i eat flakes."
