@@ -140,7 +140,7 @@ def test_persona_check_says_what_is_answered_left_out_and_thin(capsys):
     code, out, _ = run_cli(capsys, "persona", "check", "fern")
     assert code == 0
     assert re.search(r"phrasebook intents answered: \d+ of \d+", out)
-    assert re.search(r"^  greeting +\d+ \(9 \+ \d+\) +8 +4  greeting$", out, re.MULTILINE)
+    assert re.search(r"^  greeting +\d+ \(14 \+ \d+\) +8 +4  greeting$", out, re.MULTILINE)
     assert re.search(r"^left out \(\d+; .*\bpolitics\b", out, re.MULTILINE)
 
 

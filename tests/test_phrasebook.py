@@ -13,8 +13,9 @@ from conftest import TINY_PERSONA
 
 # Words that would tie a phrasebook prompt to one character; it names the character
 # through {name} instead.
-CHARACTER_WORDS = re.compile(r"\b(guppy|guppies|fish|fishy|aquarium|tank|fins?|fern|"
-                             r"houseplant|minnow)\b", re.IGNORECASE)
+CHARACTER_WORDS = re.compile(r"\b(guppy|guppies|fish|fishy|aquarium|tank|fins?|gills?|fern|"
+                             r"houseplant|minnow|worms?|larvae|pell?ets|spirulina|gusanos|"
+                             r"lombrices|vermetti|flocos)\b", re.IGNORECASE)
 
 # The tiny persona, answering two phrasebook intents besides its own topics.
 WITH_INTENTS = TINY_PERSONA + '''
