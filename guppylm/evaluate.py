@@ -336,7 +336,8 @@ HEADLINE = [("persona test pass", "persona_pass", "{:.1%}"),
 
 
 def format_table(results: list[dict]) -> str:
-    """Side-by-side headline figures of one or more runs."""
+    """Side-by-side headline figures of one or more runs, then the persona test's pass rate
+    by style of prompt ("-" where a run's test has no prompt of that style)."""
     width = max(14, *(len(Path(r["run"]).name) + 2 for r in results))
     lines = [f"{'':<26}" + "".join(f"{Path(r['run']).name:>{width}}" for r in results)]
     lines.append(f"{'preset':<26}" + "".join(f"{r['preset']:>{width}}" for r in results))
@@ -346,4 +347,11 @@ def format_table(results: list[dict]) -> str:
         else:
             cells = [fmt.format(r[key]) for r in results]
         lines.append(f"{label:<26}" + "".join(f"{c:>{width}}" for c in cells))
+    styles = sorted({style for r in results for style in r.get("per_style", {})})
+    if styles:
+        lines.append("persona test by style")
+    for style in styles:
+        cells = [f"{r['per_style'][style]:.0%}" if style in r.get("per_style", {}) else "-"
+                 for r in results]
+        lines.append(f"{'  ' + style:<26}" + "".join(f"{c:>{width}}" for c in cells))
     return "\n".join(lines)

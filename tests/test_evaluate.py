@@ -236,3 +236,20 @@ def test_eval_works_from_anywhere_even_when_the_data_folder_is_gone(
     gone = (tmp_path / "data").resolve()
     assert f"{gone} no longer holds the data this run was trained on; composing it again" in out
     assert remade == pytest.approx(here, rel=1e-9)  # the same conversations, composed again
+
+
+def test_the_table_sets_runs_side_by_side_with_their_styles():
+    from guppylm.evaluate import HEADLINE, format_table
+
+    def result(run: str, per_style: dict) -> dict:
+        figures = {key: 0.5 for _, key, _ in HEADLINE if key}
+        return {**figures, "run": run, "preset": "guppy-1m", "distinct_1": 0.1,
+                "distinct_2": 0.3, "per_style": per_style}
+
+    table = format_table([result("runs/fern", {"plain": 0.8, "slang": 0.25}),
+                          result("runs/dusty", {"plain": 0.5, "emoji": 1.0})])
+    rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[1:]}
+    assert table.splitlines()[0].split() == ["fern", "dusty"]
+    assert rows["plain"] == ["80%", "50%"]
+    assert rows["slang"] == ["25%", "-"] and rows["emoji"] == ["-", "100%"]
+    assert "persona test by style" in table
