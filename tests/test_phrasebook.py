@@ -15,7 +15,8 @@ from conftest import TINY_PERSONA
 # through {name} instead.
 CHARACTER_WORDS = re.compile(r"\b(guppy|guppies|fish|fishy|aquarium|tank|fins?|gills?|fern|"
                              r"houseplant|minnow|worms?|larvae|pell?ets|spirulina|gusanos|"
-                             r"lombrices|vermetti|flocos|vet|pet stores?|pet shops?)\b", re.IGNORECASE)
+                             r"lombrices|vermetti|flocos|vet|pet stores?|pet shops?)\b",
+                             re.IGNORECASE)
 
 # The tiny persona, answering two phrasebook intents besides its own topics.
 WITH_INTENTS = TINY_PERSONA + '''
