@@ -112,7 +112,7 @@ class Guppy:
         sampled reply does not open with the sentence the previous reply opened with: small
         models copy from their context, and a fish that repeats itself is the first thing a
         person notices. So the opening sentence is held back until it is complete, and if
-        it repeats, the reply is drawn again (at most OPENING_TRIES times, then kept).
+        it repeats, the reply is drawn again (at most decode.OPENING_TRIES times, then kept).
 
         The reply is decoded by decode.py's BatchDecoder, as a batch of one: the server and
         `guppy eval` decode many replies together with the same code, and a seed gives the
